@@ -1,0 +1,546 @@
+#!/usr/bin/env python
+"""speciesnet 5.0.6 and edgenet, side by side, on the same weights, images and machine.
+
+    python benchmarks/compare_reference.py                      # full-size synthetic weights
+    python benchmarks/compare_reference.py --size tiny          # quick dry run of the tooling
+
+What it does (see benchmarks/README.md):
+
+(a) builds, or reuses, a synthetic SpeciesNet source folder (`edgenet models synth --size`) and
+    its converted edgenet pack (`edgenet convert pack`, with fp16/int8 variants) under --work;
+(b) runs the reference from its own venv (`$EDGENET_REFERENCE_PYTHON -m
+    speciesnet.scripts.run_model --model SRC --instances_json I --predictions_json R
+    --bypass_prompts`) and `edgenet run --model PACK --instances-json I --predictions-json P`
+    for each requested precision, on the same images (../shared/images/speciesnet_test_data);
+(c) measures, per tool: end-to-end images/s (wall time of the whole command, start-up
+    included), cold start (wall time of the same command on ONE image: process start to the
+    first image done and written), peak RSS of the process tree (psutil polling, plus the
+    kernel's wait4 accounting), and the installed environment size (the reference venv's
+    site-packages; for edgenet only its runtime distributions, found from its
+    requirements and summed from their RECORD files);
+(d) compares the predictions image by image (same failures, detections count/category/bbox/
+    conf within 1e-3, raw top-k classes with scores within 1e-3, identical
+    processed_classification class and source);
+(e) prints ONE Markdown table and writes compare.json (and compare.md) under --work.
+
+`compare_predictions` and `build_source_and_pack` are importable (tests/test_bench.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = REPO.parent / "shared" / "images" / "speciesnet_test_data"
+DEFAULT_WORK = REPO / "benchmarks" / "out"
+TOL = 1e-3
+
+
+def reference_python() -> str | None:
+    """$EDGENET_REFERENCE_PYTHON, else /work/refvenv/bin/python when it exists."""
+    env = os.environ.get("EDGENET_REFERENCE_PYTHON")
+    if env:
+        return env
+    default = Path("/work/refvenv/bin/python")
+    return str(default) if default.exists() else None
+
+
+def edgenet_cmd() -> list[str]:
+    """`edgenet` from this interpreter's environment (the console script, else -m)."""
+    script = Path(sys.executable).parent / "edgenet"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "edgenet.cli"]
+
+
+# ------------------------------------------------------------------------------------------
+# (a) weights
+
+
+def build_source_and_pack(
+    work: Path, size: str = "full", *, variants: str = "fp16,int8", force: bool = False,
+    log: Any = print,
+) -> tuple[Path, Path]:
+    """Synthetic SpeciesNet folder `work/synth_<size>` and its pack `work/pack_<size>`; each is
+    built only when missing (or `force`): the full-size conversion takes minutes."""
+    work.mkdir(parents=True, exist_ok=True)
+    src, pack = work / f"synth_{size}", work / f"pack_{size}"
+    if force or not (src / "info.json").is_file():
+        log(f"building synthetic SpeciesNet folder {src} (--size {size})")
+        _check_call([*edgenet_cmd(), "models", "synth", str(src), "--size", size, "--force"])
+    if force or not (pack / "info.json").is_file():
+        log(f"converting {src} -> {pack} (variants {variants})")
+        _check_call([*edgenet_cmd(), "convert", "pack", str(src), str(pack), "--variants",
+                     variants, "--force"])
+    return src, pack
+
+
+def _check_call(cmd: Sequence[str]) -> None:
+    r = subprocess.run(list(cmd), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"command failed ({r.returncode}): {' '.join(cmd)}\n"
+                         f"{(r.stdout + r.stderr)[-3000:]}")
+
+
+def make_instances(images: Path, dst: Path, limit: int | None = None) -> Path:
+    """An instances JSON with absolute paths: the folder's own instances.json (countries kept,
+    file paths re-rooted on the folder) when present, else every image in it."""
+    src = images / "instances.json"
+    if src.is_file():
+        data = json.loads(src.read_text(encoding="utf-8"))["instances"]
+        instances = []
+        for inst in data:
+            inst = dict(inst)
+            inst["filepath"] = str((images / Path(inst["filepath"]).name).resolve())
+            instances.append(inst)
+    else:
+        exts = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}
+        instances = [{"filepath": str(p.resolve())} for p in sorted(images.iterdir())
+                     if p.suffix.lower() in exts]
+    if limit is not None:
+        instances = instances[:limit]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps({"instances": instances}, indent=1), encoding="utf-8")
+    return dst
+
+
+# ------------------------------------------------------------------------------------------
+# (c) measuring a command
+
+
+def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None,
+                 timeout: float | None = None) -> dict[str, Any]:
+    """Run CMD; wall time, exit code, peak RSS of its process tree, output tail.
+
+    RSS: psutil polling of the whole tree every 50 ms (sum over processes) when psutil is
+    installed; and, on POSIX, the kernel's own peak of the largest process from wait4."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(env) if env is not None else None)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(
+        lambda: proc.stdout.read(65536), b"")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    peak_tree = 0.0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak_tree
+        try:
+            import psutil
+        except ImportError:
+            return
+        while not stop.is_set():
+            try:
+                root = psutil.Process(proc.pid)
+                total = 0
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                peak_tree = max(peak_tree, total / 2**20)
+            except psutil.Error:
+                return
+            stop.wait(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    wait4_peak = None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if hasattr(os, "wait4"):
+        while True:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                wait4_peak = ru.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.02)
+    else:  # pragma: no cover - Windows
+        proc.wait(timeout=timeout)
+    wall = time.perf_counter() - t0
+    stop.set()
+    poller.join(timeout=2)
+    reader.join(timeout=5)
+    out = b"".join(chunks).decode("utf-8", "replace")
+    return {
+        "cmd": [str(c) for c in cmd],
+        "returncode": proc.returncode,
+        "wall_s": wall,
+        "peak_rss_tree_mb": peak_tree or None,
+        "peak_rss_wait4_mb": wait4_peak,
+        "output_tail": out[-2000:],
+    }
+
+
+_SIZE_SNIPPET = r'''
+import json, os, re, sys, sysconfig
+from importlib import metadata
+mode, root = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
+def tree_size(path):
+    total = 0
+    for d, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(d, f)).st_size
+            except OSError:
+                pass
+    return total
+if mode == "site":
+    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    print(json.dumps({"bytes": sum(tree_size(p) for p in paths), "paths": sorted(paths)}))
+    raise SystemExit
+def norm(n):
+    return re.sub(r"[-_.]+", "-", n).lower()
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    Requirement = None
+def deps(dist):
+    out = []
+    for spec in dist.requires or []:
+        if Requirement is not None:
+            req = Requirement(spec)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            out.append(req.name)
+        elif "extra ==" not in spec:
+            out.append(re.split(r"[ ;<>=!~\[(]", spec.strip(), 1)[0])
+    return out
+seen, todo, total, files = {}, [root], 0, 0
+while todo:
+    name = norm(todo.pop())
+    if name in seen:
+        continue
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        seen[name] = None
+        continue
+    size = 0
+    for f in dist.files or []:
+        try:
+            p = f.locate()
+            if os.path.isfile(p) and not os.path.islink(p):
+                size += os.path.getsize(p)
+                files += 1
+        except OSError:
+            pass
+    if name == norm(root):
+        # editable installs list only a .pth: count the package folder itself
+        try:
+            import importlib.util
+            spec = importlib.util.find_spec(root)
+            if spec and spec.submodule_search_locations:
+                for loc in spec.submodule_search_locations:
+                    if "site-packages" not in loc:
+                        size += tree_size(loc)
+        except Exception:
+            pass
+    seen[name] = size
+    total += size
+    todo.extend(deps(dist))
+print(json.dumps({"bytes": total, "files": files,
+                  "distributions": {k: v for k, v in sorted(seen.items()) if v is not None}}))
+'''
+
+
+def runtime_env_size(python: str, root: str = "edgenet") -> dict[str, Any]:
+    """Bytes installed for ROOT's runtime dependency closure in PYTHON's environment (extras
+    excluded: torch/tensorflow/onnx are the `convert` extra, not what `edgenet run` needs)."""
+    r = subprocess.run([python, "-c", _SIZE_SNIPPET, "closure", root], capture_output=True,
+                       text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"size probe failed: {r.stderr[-1000:]}")
+    return json.loads(r.stdout)
+
+
+def site_packages_size(python: str) -> dict[str, Any]:
+    """Bytes of PYTHON's whole site-packages (the reference's installed environment)."""
+    r = subprocess.run([python, "-c", _SIZE_SNIPPET, "site"], capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"size probe failed: {r.stderr[-1000:]}")
+    return json.loads(r.stdout)
+
+
+# ------------------------------------------------------------------------------------------
+# (d) predictions
+
+
+def _close(a: Any, b: Any, tol: float = TOL) -> bool:
+    try:
+        return abs(float(a) - float(b)) <= tol
+    except (TypeError, ValueError):
+        return a == b
+
+
+def _cmp_raw(where: str, r: Any, o: Any, problems: list[str]) -> None:
+    if r is None and o is None:
+        return
+    if r is None or o is None:
+        problems.append(f"{where}: raw_classifications present on one side only")
+        return
+    rc, oc = r.get("classes", []), o.get("classes", [])
+    rs, os_ = r.get("scores", []), o.get("scores", [])
+    if rc != oc:
+        tie = sorted(rc) == sorted(oc) and all(_close(a, b) for a, b in zip(rs, os_,
+                                                                            strict=False))
+        problems.append(f"{where}: top-k classes differ{' (near-tie order)' if tie else ''}:"
+                        f" {rc[:3]} vs {oc[:3]}")
+    elif len(rs) != len(os_) or not all(_close(a, b) for a, b in zip(rs, os_, strict=True)):
+        worst = max((abs(a - b) for a, b in zip(rs, os_, strict=False)), default=0.0)
+        problems.append(f"{where}: raw scores differ (max {worst:.2e})")
+
+
+def compare_one(ref: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
+    """Differences between two predictions of the same image (empty: equal within TOL)."""
+    fp = ref.get("filepath")
+    problems: list[str] = []
+    if sorted(ref.get("failures") or []) != sorted(ours.get("failures") or []):
+        problems.append(f"{fp}: failures {ref.get('failures')} vs {ours.get('failures')}")
+    for key in ("country", "admin1_region"):
+        if ref.get(key) != ours.get(key):
+            problems.append(f"{fp}: {key} {ref.get(key)!r} vs {ours.get(key)!r}")
+    rd, od = ref.get("detections"), ours.get("detections")
+    if (rd is None) != (od is None):
+        problems.append(f"{fp}: detections present on one side only")
+        return problems
+    rd, od = rd or [], od or []
+    if len(rd) != len(od):
+        problems.append(f"{fp}: {len(rd)} vs {len(od)} detections")
+        return problems
+    for i, (a, b) in enumerate(zip(rd, od, strict=True)):
+        where = f"{fp} det {i}"
+        if a.get("category") != b.get("category"):
+            problems.append(f"{where}: category {a.get('category')} vs {b.get('category')}")
+        if not _close(a.get("conf"), b.get("conf")):
+            problems.append(f"{where}: conf {a.get('conf')} vs {b.get('conf')}")
+        ab, bb = a.get("bbox") or [], b.get("bbox") or []
+        if len(ab) != len(bb) or not all(_close(x, y) for x, y in zip(ab, bb, strict=False)):
+            problems.append(f"{where}: bbox {ab} vs {bb}")
+        _cmp_raw(where, a.get("raw_classifications"), b.get("raw_classifications"), problems)
+        pa, pb = a.get("processed_classification"), b.get("processed_classification")
+        if (pa is None) != (pb is None):
+            problems.append(f"{where}: processed_classification on one side only")
+        elif pa is not None:
+            if pa.get("class") != pb.get("class"):
+                problems.append(f"{where}: processed class {pa.get('class')} vs "
+                                f"{pb.get('class')}")
+            if pa.get("source") != pb.get("source"):
+                problems.append(f"{where}: processed source {pa.get('source')} vs "
+                                f"{pb.get('source')}")
+            if not _close(pa.get("score"), pb.get("score")):
+                problems.append(f"{where}: processed score {pa.get('score')} vs "
+                                f"{pb.get('score')}")
+    return problems
+
+
+def compare_predictions(ref: Mapping[str, Any], ours: Mapping[str, Any]) -> dict[str, Any]:
+    """Image-by-image comparison of two predictions files (dicts), keyed by filepath."""
+    rmap = {p["filepath"]: p for p in ref.get("predictions", [])}
+    omap = {p["filepath"]: p for p in ours.get("predictions", [])}
+    problems: list[str] = []
+    bad: set[str] = set()
+    for fp, r in rmap.items():
+        o = omap.get(fp)
+        if o is None:
+            problems.append(f"{fp}: missing from edgenet's predictions")
+            bad.add(fp)
+            continue
+        diff = compare_one(r, o)
+        if diff:
+            bad.add(fp)
+            problems += diff
+    for fp in omap.keys() - rmap.keys():
+        problems.append(f"{fp}: only in edgenet's predictions")
+        bad.add(fp)
+    return {"images": len(rmap), "mismatched_images": len(bad), "problems": problems,
+            "detections": sum(len(p.get("detections") or []) for p in rmap.values())}
+
+
+# ------------------------------------------------------------------------------------------
+# (b) running both, (e) the table
+
+
+def _images_per_s(run: Mapping[str, Any], n: int) -> float | None:
+    return n / run["wall_s"] if run.get("returncode") == 0 and run["wall_s"] > 0 else None
+
+
+def _peak(run: Mapping[str, Any]) -> float | None:
+    vals = [v for v in (run.get("peak_rss_tree_mb"), run.get("peak_rss_wait4_mb")) if v]
+    return max(vals) if vals else None
+
+
+def render_table(result: Mapping[str, Any]) -> str:
+    """The one side-by-side table (README leads with it)."""
+    m = result["machine"]
+    lines = [
+        f"{result['images']} images ({result['images_dir']}), {result['size']}-size synthetic "
+        f"weights; {m.get('cpu')}, {m.get('usable_cores', m.get('logical_cores'))} cores, "
+        f"onnxruntime {m.get('onnxruntime')}; {result['created']}",
+        "",
+        "| | images/s (wall, incl. start-up) | speed-up | wall (s) | cold start, 1 image (s) "
+        "| peak RSS (MB) | installed env (MB) | predictions vs speciesnet | fidelity vs fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ref_ips = None
+    for row in result["rows"]:
+        ips = row.get("images_per_s")
+        if row["name"].startswith("speciesnet"):
+            ref_ips = ips
+
+    def f(v: Any, d: int = 2) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    for row in result["rows"]:
+        ips = row.get("images_per_s")
+        speed = f"{ips / ref_ips:.2f}x" if ips and ref_ips else "-"
+        env_mb = row.get("env_bytes")
+        lines.append(
+            f"| {row['name']} | {f(ips, 3)} | {speed} | {f(row.get('wall_s'), 1)} | "
+            f"{f(row.get('cold_start_s'), 1)} | {f(row.get('peak_rss_mb'), 0)} | "
+            f"{f(env_mb / 2**20 if env_mb else None, 0)} | {row.get('agreement', '-')} | "
+            f"{row.get('fidelity', '-')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> dict[str, Any]:
+    try:
+        from edgenet.bench import machine_info
+
+        return machine_info()
+    except Exception:  # noqa: BLE001 - informative only
+        import platform
+
+        return {"cpu": platform.processor(), "logical_cores": os.cpu_count()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="build/output folder")
+    p.add_argument("--size", choices=["tiny", "full"], default="full")
+    p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    p.add_argument("--reference-python", default=reference_python())
+    p.add_argument("--precisions", default="fp32,int8", help="edgenet precisions to run")
+    p.add_argument("--batch-size", type=int, default=None, help="edgenet --batch-size")
+    p.add_argument("--edgenet-args", default="", help="extra args for `edgenet run`")
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--no-cold", action="store_true", help="skip the one-image runs")
+    p.add_argument("--force", action="store_true", help="rebuild the weights and pack")
+    a = p.parse_args(argv)
+
+    work: Path = a.work
+    work.mkdir(parents=True, exist_ok=True)
+    src, pack = build_source_and_pack(work, a.size, force=a.force)
+    instances = make_instances(a.images, work / "instances.json")
+    one = make_instances(a.images, work / "instances_one.json", limit=1)
+    n = len(json.loads(instances.read_text())["instances"])
+    rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                              "size": a.size, "images": n, "images_dir": str(a.images),
+                              "machine": _machine(), "source": str(src), "pack": str(pack),
+                              "rows": rows}
+    env = dict(os.environ)
+    ref_preds = None
+
+    if not a.skip_reference:
+        if not a.reference_python or not Path(a.reference_python).exists():
+            raise SystemExit("reference python not found: set EDGENET_REFERENCE_PYTHON or "
+                             "pass --reference-python (or --skip-reference)")
+
+        def ref_cmd(inst: Path, out: Path) -> list[str]:
+            return [a.reference_python, "-m", "speciesnet.scripts.run_model", "--model",
+                    str(src), "--instances_json", str(inst), "--predictions_json", str(out),
+                    "--bypass_prompts"]
+
+        out = work / "reference.json"
+        out.unlink(missing_ok=True)
+        print("running speciesnet 5.0.6 ...", file=sys.stderr, flush=True)
+        run = run_measured(ref_cmd(instances, out), env)
+        row = {"name": "speciesnet 5.0.6 (PyTorch)", **_row_numbers(run, n)}
+        if run["returncode"] == 0 and out.is_file():
+            ref_preds = json.loads(out.read_text())
+        else:
+            row["error"] = run["output_tail"][-800:]
+        if not a.no_cold:
+            cold_out = work / "reference_one.json"
+            cold_out.unlink(missing_ok=True)
+            row["cold_start_s"] = run_measured(ref_cmd(one, cold_out), env)["wall_s"]
+        row["env_bytes"] = site_packages_size(a.reference_python)["bytes"]
+        row["run"] = run
+        rows.append(row)
+
+    env_size = runtime_env_size(sys.executable)
+    from edgenet.bench import fidelity_summary
+
+    info = json.loads((pack / "info.json").read_text())
+    for prec in [x.strip() for x in a.precisions.split(",") if x.strip()]:
+        def ours_cmd(inst: Path, out: Path, prec: str = prec) -> list[str]:
+            cmd = [*edgenet_cmd(), "run", "--model", str(pack), "--instances-json", str(inst),
+                   "--predictions-json", str(out), "--precision", prec, "--quiet"]
+            if a.batch_size:
+                cmd += ["--batch-size", str(a.batch_size)]
+            return cmd + a.edgenet_args.split()
+
+        out = work / f"edgenet_{prec}.json"
+        out.unlink(missing_ok=True)
+        print(f"running edgenet ({prec}) ...", file=sys.stderr, flush=True)
+        run = run_measured(ours_cmd(instances, out), env)
+        row = {"name": f"edgenet {prec}", **_row_numbers(run, n),
+               "fidelity": fidelity_summary(pack, info, prec)["text"]}
+        if run["returncode"] != 0 or not out.is_file():
+            row["error"] = run["output_tail"][-800:]
+        elif ref_preds is not None:
+            cmp = compare_predictions(ref_preds, json.loads(out.read_text()))
+            row["comparison"] = cmp
+            row["agreement"] = ("identical (within 1e-3)" if cmp["mismatched_images"] == 0
+                                else f"{cmp['mismatched_images']}/{cmp['images']} images "
+                                     "differ")
+        if not a.no_cold:
+            cold_out = work / f"edgenet_{prec}_one.json"
+            cold_out.unlink(missing_ok=True)
+            row["cold_start_s"] = run_measured(ours_cmd(one, cold_out), env)["wall_s"]
+        row["env_bytes"] = env_size["bytes"]
+        row["env_distributions"] = env_size["distributions"]
+        row["run"] = run
+        rows.append(row)
+
+    table = render_table(result)
+    (work / "compare.json").write_text(json.dumps(result, indent=1, default=str),
+                                       encoding="utf-8")
+    (work / "compare.md").write_text(table, encoding="utf-8")
+    print(table)
+    for row in rows:
+        if row.get("error"):
+            print(f"{row['name']} FAILED:\n{row['error']}", file=sys.stderr)
+        for prob in (row.get("comparison") or {}).get("problems", [])[:20]:
+            print(f"{row['name']}: {prob}", file=sys.stderr)
+    print(f"wrote {work / 'compare.json'} and {work / 'compare.md'}", file=sys.stderr)
+    return 0 if all(not r.get("error") for r in rows) else 1
+
+
+def _row_numbers(run: Mapping[str, Any], n: int) -> dict[str, Any]:
+    return {"wall_s": run["wall_s"], "images_per_s": _images_per_s(run, n),
+            "peak_rss_mb": _peak(run), "returncode": run["returncode"]}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["build_source_and_pack", "compare_predictions", "compare_one", "make_instances",
+           "run_measured", "runtime_env_size", "site_packages_size", "render_table", "main"]

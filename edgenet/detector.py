@@ -1,0 +1,201 @@
+"""MegaDetector v5 on onnxruntime, making the decisions speciesnet 5.0.6 makes.
+
+The reference (`speciesnet/detector.py`) letterboxes the RGB array with yolov5's
+`letterbox(arr, new_shape=1280, stride=64, auto=True)`, feeds `float32(arr / 255)` as
+NCHW to the yolov5 model, runs yolov5's `non_max_suppression(conf_thres=0.01)`, then
+`scale_boxes(...).round()`, `xyxy2xywhn` and a centre -> top-left conversion, and sorts
+the detections by confidence (stable). Each step here reproduces the reference's
+arithmetic, so with the same raw model output the detections are identical.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import PIL.Image
+
+from edgenet import constants
+from edgenet.constants import CATEGORY_TO_LABEL
+from edgenet.errors import PackError
+from edgenet.nms import md_bboxes_from_nms, non_max_suppression
+from edgenet.providers import make_session, run_with_iobinding
+
+# float32(x / 255) computed in double first, as the reference does (`arr / 255` on a uint8
+# array is float64; `.float()` rounds afterwards). A table is exact and faster than division.
+_UINT8_TO_UNIT = (np.arange(256, dtype=np.float64) / 255).astype(np.float32)
+
+_DETECTION_CATEGORIES = ("1", "2", "3")  # what speciesnet's Detection.from_category accepts
+
+
+def letterbox_geometry(
+    height: int,
+    width: int,
+    new_shape: int = constants.DETECTOR_IMG_SIZE,
+    stride: int = constants.DETECTOR_STRIDE,
+) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """yolov5 letterbox's resized size (w, h) and borders (top, bottom, left, right).
+
+    auto=True (minimal padding to a stride multiple), scaleup=True. Exposed so callers can
+    know a letterboxed shape (e.g. to batch equal shapes) without resizing anything.
+    """
+    r = min(new_shape / height, new_shape / width)
+    new_w, new_h = int(round(width * r)), int(round(height * r))
+    dw = float((new_shape - new_w) % stride) / 2
+    dh = float((new_shape - new_h) % stride) / 2
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    return (new_w, new_h), (top, bottom, left, right)
+
+
+def letterboxed_shape(height: int, width: int) -> tuple[int, int]:
+    """(H, W) of the detector input for an image of this size."""
+    (new_w, new_h), (top, bottom, left, right) = letterbox_geometry(height, width)
+    return new_h + top + bottom, new_w + left + right
+
+
+def letterbox(
+    rgb: np.ndarray,
+    new_shape: int = constants.DETECTOR_IMG_SIZE,
+    stride: int = constants.DETECTOR_STRIDE,
+    color: int = constants.LETTERBOX_PAD_VALUE,
+) -> np.ndarray:
+    """yolov5 `letterbox(im, new_shape=1280, stride=64, auto=True)[0]` on an RGB HWC array.
+
+    Resizes the long side to `new_shape` (small images are upscaled) with cv2 INTER_LINEAR,
+    then pads with `color` to the nearest multiple of `stride`. The same cv2 kernel as the
+    reference is used because its fixed-point uint8 interpolation is what the model saw.
+    """
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise ValueError(f"letterbox expects an HxW[xC] uint8 array, got {arr.dtype} {arr.shape}")
+    h, w = arr.shape[:2]
+    (new_w, new_h), (top, bottom, left, right) = letterbox_geometry(h, w, new_shape, stride)
+    if (w, h) != (new_w, new_h):
+        arr = cv2.resize(arr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    # yolov5 passes a 3-tuple whatever the channel count (a 4th channel would be padded 0).
+    value = (color, color, color)
+    return cv2.copyMakeBorder(arr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=value)
+
+
+def to_tensor(letterboxed: Sequence[np.ndarray]) -> np.ndarray:
+    """Equal-shaped letterboxed HWC uint8 images -> NCHW float32 in [0, 1], as the reference."""
+    if len(letterboxed) == 0:
+        raise ValueError("to_tensor needs at least one image")
+    batch = np.stack([np.asarray(a) for a in letterboxed])  # raises on unequal shapes
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+        raise ValueError(f"expected N x H x W x 3 uint8 images, got {batch.dtype} {batch.shape}")
+    return np.ascontiguousarray(_UINT8_TO_UNIT[batch].transpose(0, 3, 1, 2))
+
+
+def postprocess(
+    raw_one_image: np.ndarray,
+    input_hw: tuple[int, int],
+    orig_w: int,
+    orig_h: int,
+) -> list[dict[str, Any]]:
+    """One image's raw yolov5 output -> speciesnet detection dicts, conf descending.
+
+    NMS (conf 0.01, IoU 0.45, per class, <= 300 boxes), boxes mapped back to the original
+    image and normalised as [xmin, ymin, width, height]. Classes beyond vehicle are dropped,
+    as the reference drops categories its Detection enum does not know.
+    """
+    raw = np.asarray(raw_one_image)
+    if raw.dtype != np.float32:
+        raw = raw.astype(np.float32)  # the reference's NMS sees float32 (model.float())
+    det = non_max_suppression(
+        raw,
+        conf_thres=constants.DETECTOR_CONF_THRESHOLD,
+        iou_thres=constants.DETECTOR_IOU_THRESHOLD,
+        max_det=constants.DETECTOR_MAX_DETECTIONS,
+    )
+    if det.shape[0] == 0:
+        return []
+    bboxes = md_bboxes_from_nms(det, input_hw, orig_w, orig_h).tolist()
+    detections = []
+    for row, bbox in zip(det.tolist(), bboxes, strict=True):
+        category = str(int(row[5]) + 1)
+        if category not in _DETECTION_CATEGORIES:
+            continue
+        detections.append(
+            {"category": category, "label": CATEGORY_TO_LABEL[category], "conf": row[4],
+             "bbox": bbox}
+        )
+    # NMS output is already conf-descending; a stable sort keeps it so, as the reference.
+    detections.sort(key=lambda d: d["conf"], reverse=True)
+    return detections
+
+
+class DetectorModel:
+    """An ONNX MegaDetector (yolov5) session with the reference's pre- and post-processing.
+
+    The ONNX graph takes (N, 3, H, W) letterboxed/255 (float32, or float16 for fp16 packs)
+    and returns yolov5's raw predictions (N, rows, 5 + classes) as output 0.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        threads: int | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        self.path = path
+        self.session = make_session(path, device=device, threads=threads, precision=precision)
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise PackError(
+                "detector must have one 4-D image input (N, 3, H, W), found "
+                + ", ".join(f"{i.name}{list(i.shape)}" for i in inputs),
+                path=path,
+                fix="convert the MegaDetector checkpoint with `edgenet convert detector`",
+            )
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        if inputs[0].type == "tensor(float16)":
+            self.input_dtype: type[np.floating] = np.float16
+        elif inputs[0].type == "tensor(float)":
+            self.input_dtype = np.float32
+        else:
+            raise PackError(
+                f"detector input {self.input_name!r} has type {inputs[0].type}, expected "
+                "float32 or float16",
+                path=path,
+                fix="convert the MegaDetector checkpoint with `edgenet convert detector`",
+            )
+
+    def preprocess(self, img: PIL.Image.Image) -> np.ndarray:
+        """Letterboxed HWC uint8 RGB array of a PIL image (converted to RGB if needed)."""
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return letterbox(np.asarray(img))
+
+    @staticmethod
+    def to_tensor(letterboxed: Sequence[np.ndarray]) -> np.ndarray:
+        """Equal-shaped letterboxed images -> NCHW float32 batch (see module `to_tensor`)."""
+        return to_tensor(letterboxed)
+
+    def infer(self, nchw: np.ndarray) -> np.ndarray:
+        """Raw predictions (N, rows, 5 + classes) as float32 for an NCHW batch."""
+        batch = np.asarray(nchw)
+        if batch.dtype != self.input_dtype:
+            batch = batch.astype(self.input_dtype)
+        raw = run_with_iobinding(self.session, {self.input_name: batch}, [self.output_name])[0]
+        return raw if raw.dtype == np.float32 else raw.astype(np.float32)
+
+    @staticmethod
+    def postprocess(
+        raw_one_image: np.ndarray, input_hw: tuple[int, int], orig_w: int, orig_h: int
+    ) -> list[dict[str, Any]]:
+        """Detection dicts for one image (see module `postprocess`)."""
+        return postprocess(raw_one_image, input_hw, orig_w, orig_h)
+
+    def detect(self, img: PIL.Image.Image) -> list[dict[str, Any]]:
+        """Detections for one image, end to end."""
+        boxed = self.preprocess(img)
+        raw = self.infer(self.to_tensor([boxed]))
+        return self.postprocess(raw[0], boxed.shape[:2], img.width, img.height)

@@ -1,0 +1,161 @@
+"""`edgenet doctor`: what this installation can do, checked for real, and never crashing.
+
+It prints versions, the execution providers onnxruntime offers, and for each of them the
+result of building a tiny session (a 64x64 MatMul written with a ten-line protobuf encoder,
+since `onnx` is not a runtime dependency) and running it: the provider that actually ran,
+whether the numbers are right, and how long it took. A provider that is compiled in but
+cannot load (e.g. CUDA libraries missing) shows up here as a failed check with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _key(num: int, wire: int) -> bytes:
+    return _varint((num << 3) | wire)
+
+
+def _field_int(num: int, value: int) -> bytes:
+    return _key(num, 0) + _varint(value)
+
+
+def _field_bytes(num: int, payload: bytes | str) -> bytes:
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _key(num, 2) + _varint(len(data)) + data
+
+
+def _value_info(name: str, dims: Sequence[int]) -> bytes:
+    shape = b"".join(_field_bytes(1, _field_int(1, d)) for d in dims)
+    tensor = _field_int(1, 1) + _field_bytes(2, shape)  # elem_type FLOAT, shape
+    return _field_bytes(1, name) + _field_bytes(2, _field_bytes(1, tensor))
+
+
+def tiny_model_bytes(n: int = 64) -> bytes:
+    """An ONNX model (opset 13) computing C = A @ B for float32 (n, n) inputs."""
+    node = _field_bytes(1, "A") + _field_bytes(1, "B") + _field_bytes(2, "C")
+    node += _field_bytes(4, "MatMul")
+    graph = (
+        _field_bytes(1, node)
+        + _field_bytes(2, "doctor")
+        + _field_bytes(11, _value_info("A", (n, n)))
+        + _field_bytes(11, _value_info("B", (n, n)))
+        + _field_bytes(12, _value_info("C", (n, n)))
+    )
+    opset = _field_bytes(1, "") + _field_int(2, 13)
+    return _field_int(1, 7) + _field_bytes(2, "edgenet-doctor") + _field_bytes(7, graph) + (
+        _field_bytes(8, opset)
+    )
+
+
+def _version(module: str, attr: str = "__version__") -> str:
+    try:
+        mod = importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - report, never crash
+        return f"not available ({type(err).__name__})"
+    return str(getattr(mod, attr, "?"))
+
+
+def check_device(device: str, model_path: Path) -> dict:
+    """Build and run the tiny session on one device; a dict describing what happened."""
+    import numpy as np
+
+    result: dict = {"device": device, "ok": False}
+    try:
+        from edgenet.providers import make_session
+
+        start = time.perf_counter()
+        sess = make_session(model_path, device=device)
+        result["session_s"] = time.perf_counter() - start
+        result["providers"] = list(sess.get_providers())
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((64, 64), dtype=np.float32)
+        b = rng.standard_normal((64, 64), dtype=np.float32)
+        start = time.perf_counter()
+        (c,) = sess.run(None, {"A": a, "B": b})
+        result["run_s"] = time.perf_counter() - start
+        err = float(np.max(np.abs(np.asarray(c, dtype=np.float64) - a.astype(np.float64) @ b)))
+        result["max_abs_error"] = err
+        result["ok"] = err < 1e-2
+        if not result["ok"]:
+            result["error"] = f"wrong result (max abs error {err:.3g})"
+    except Exception as err:  # noqa: BLE001 - report, never crash
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        result["error"] = f"{type(err).__name__}: {first_line}"
+    return result
+
+
+def run_doctor(echo: Callable[[str], None] = print) -> int:
+    """Print the report; returns 0 (the report itself says what is wrong)."""
+    import edgenet
+
+    echo(f"edgenet {edgenet.__version__}")
+    echo(f"python {sys.version.split()[0]} ({platform.platform()}, {platform.machine()})")
+    echo(f"cpus {os.cpu_count()}")
+    for module, label in (
+        ("onnxruntime", "onnxruntime"),
+        ("numpy", "numpy"),
+        ("PIL", "pillow"),
+        ("cv2", "opencv"),
+        ("typer", "typer"),
+    ):
+        echo(f"{label} {_version(module)}")
+    try:
+        import onnxruntime as ort
+
+        echo(f"onnxruntime device: {ort.get_device()}")
+        echo("onnxruntime providers: " + ", ".join(ort.get_available_providers()))
+    except Exception as err:  # noqa: BLE001
+        echo(f"onnxruntime: cannot import ({type(err).__name__}: {err})")
+        echo("fix: pip install onnxruntime (or onnxruntime-gpu, see README)")
+        return 0
+    try:
+        from edgenet.providers import available_devices
+
+        devices = available_devices()
+    except Exception as err:  # noqa: BLE001
+        echo(f"edgenet providers: cannot list ({type(err).__name__}: {err})")
+        devices = {"cpu": True}
+    echo("devices: " + ", ".join(f"{d}={'yes' if ok else 'no'}" for d, ok in devices.items()))
+    with tempfile.TemporaryDirectory(prefix="edgenet-doctor-") as tmp:
+        model_path = Path(tmp) / "matmul.onnx"
+        model_path.write_bytes(tiny_model_bytes())
+        for device, ok in devices.items():
+            if not ok:
+                continue
+            res = check_device(device, model_path)
+            if res["ok"]:
+                echo(
+                    f"check {device}: ok (ran on {', '.join(res['providers'])}; session "
+                    f"{res['session_s'] * 1000:.0f} ms, run {res['run_s'] * 1000:.1f} ms)"
+                )
+            else:
+                echo(f"check {device}: FAILED ({res.get('error', 'unknown error')})")
+    try:
+        from edgenet.pack import default_pack_dir
+
+        pack_dir = Path(default_pack_dir())
+        state = "present" if (pack_dir / "info.json").exists() else "absent"
+        echo(f"default model pack: {pack_dir} ({state})")
+    except Exception as err:  # noqa: BLE001
+        echo(f"default model pack: unknown ({type(err).__name__}: {err})")
+    return 0

@@ -1,0 +1,302 @@
+"""The one place that maps `--device` / `--precision` to onnxruntime providers and sessions.
+
+Why one place: provider tuning (cuDNN heuristic search, TensorRT engine cache, DirectML's
+session constraints, CPU threads) must be identical for every model and every command
+(`run`, `bench`, `doctor`), and a user asking for a device that is not installed must get
+one clear message naming the package to install, not an onnxruntime warning followed by a
+silent CPU run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edgenet.errors import EdgenetError, PackError
+
+# --device value -> onnxruntime provider name.
+DEVICE_PROVIDERS: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+}
+DEVICES: tuple[str, ...] = ("auto", *DEVICE_PROVIDERS)
+
+# What `auto` tries, best first. TensorRT is never picked automatically: its first engine
+# build takes minutes per input shape, which would look like a hang to a new user.
+AUTO_ORDER: tuple[str, ...] = ("cuda", "dml", "openvino", "coreml", "cpu")
+
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "bf16")
+
+# How to get each provider (onnxruntime ships one provider family per wheel).
+INSTALL_HINTS: dict[str, str] = {
+    "cpu": "pip install onnxruntime",
+    "cuda": (
+        "pip install 'edgenet[gpu]' (onnxruntime-gpu; then `pip uninstall onnxruntime` if both "
+        "are installed, they share one module) and an NVIDIA driver with CUDA 12 / cuDNN 9"
+    ),
+    "tensorrt": (
+        "pip install 'edgenet[gpu]' tensorrt (onnxruntime-gpu plus the TensorRT libraries), or "
+        "use --device cuda"
+    ),
+    "dml": "pip uninstall onnxruntime && pip install onnxruntime-directml (Windows only)",
+    "openvino": "pip uninstall onnxruntime && pip install onnxruntime-openvino (Intel CPUs/GPUs)",
+    "coreml": "use the standard onnxruntime wheel on macOS (CoreML is built in there)",
+}
+
+# Providers that keep tensors in CUDA memory, where I/O binding saves copies.
+_CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def cache_dir() -> Path:
+    """edgenet's cache root: `$EDGENET_HOME`, else `~/.cache/edgenet` (as the pack default)."""
+    home = os.environ.get("EDGENET_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "edgenet"
+
+
+def tensorrt_cache_dir() -> Path:
+    """Where TensorRT engines and timing caches are kept, so only the first run builds them."""
+    return cache_dir() / "tensorrt"
+
+
+def available_devices() -> dict[str, bool]:
+    """Which `--device` values this onnxruntime build offers (compiled in, not yet loaded).
+
+    A provider listed here can still fail to load (e.g. CUDA libraries missing);
+    `make_session` checks the session it built and reports that case.
+    """
+    have = set(ort.get_available_providers())
+    return {dev: (prov in have) or dev == "cpu" for dev, prov in DEVICE_PROVIDERS.items()}
+
+
+def _ort_version() -> tuple[int, int]:
+    parts = ort.__version__.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):  # pragma: no cover - odd dev builds
+        return (0, 0)
+
+
+def _provider_entry(device: str, precision: str) -> tuple[str, dict[str, Any]]:
+    """(provider name, options) for one device, with edgenet's tuning."""
+    name = DEVICE_PROVIDERS[device]
+    if device == "cuda":
+        # Exhaustive cuDNN search gives bimodal latencies and slow first batches per shape;
+        # the heuristic picks near-best kernels immediately.
+        return name, {"cudnn_conv_algo_search": "HEURISTIC"}
+    if device == "tensorrt":
+        cache = str(tensorrt_cache_dir())
+        return name, {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": cache,
+            "trt_fp16_enable": precision == "fp16",
+        }
+    if device == "coreml" and _ort_version() >= (1, 20):
+        # MLProgram covers more operators than the legacy NeuralNetwork format.
+        return name, {"ModelFormat": "MLProgram", "MLComputeUnits": "ALL"}
+    return name, {}
+
+
+def _check_device(device: str) -> str:
+    dev = device.strip().lower()
+    if dev not in DEVICES:
+        raise EdgenetError(
+            f"unknown device {device!r}",
+            fix=f"use --device with one of: {', '.join(DEVICES)}",
+        )
+    return dev
+
+
+def _check_precision(precision: str) -> str:
+    prec = precision.strip().lower()
+    if prec not in PRECISIONS:
+        raise EdgenetError(
+            f"unknown precision {precision!r}",
+            fix=f"use --precision with one of: {', '.join(PRECISIONS)}",
+        )
+    return prec
+
+
+def _unavailable(device: str) -> EdgenetError:
+    have = ", ".join(d for d, ok in available_devices().items() if ok)
+    return EdgenetError(
+        f"--device {device} needs onnxruntime's {DEVICE_PROVIDERS[device]}, which this "
+        f"onnxruntime {ort.__version__} does not provide (available: {have})",
+        fix=f"{INSTALL_HINTS[device]}; or use --device auto",
+    )
+
+
+def resolve_providers(device: str = "auto", precision: str = "fp32") -> list[tuple[str, dict]]:
+    """Providers (name, options) for `device`, best first, always ending with the CPU.
+
+    `auto` picks the first available of cuda > dml > openvino > coreml > cpu. An explicit
+    device that this onnxruntime build lacks raises `EdgenetError` naming the package.
+    TensorRT is followed by CUDA (when present) for the operators TensorRT rejects.
+    """
+    dev = _check_device(device)
+    prec = _check_precision(precision)
+    avail = available_devices()
+    if dev == "auto":
+        dev = next(d for d in AUTO_ORDER if avail[d])
+    elif not avail[dev]:
+        raise _unavailable(dev)
+    chosen = [dev]
+    if dev == "tensorrt" and avail["cuda"]:
+        chosen.append("cuda")
+    if dev != "cpu":
+        chosen.append("cpu")
+    return [_provider_entry(d, prec) for d in chosen]
+
+
+def _preload_gpu_libraries() -> None:
+    """Let onnxruntime-gpu find CUDA/cuDNN from pip's nvidia-* wheels (ORT >= 1.21)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception:  # noqa: BLE001 - best effort; the session check below reports failure
+        pass
+
+
+def make_session(
+    path: str | os.PathLike[str],
+    device: str = "auto",
+    threads: int | None = None,
+    precision: str = "fp32",
+) -> ort.InferenceSession:
+    """An onnxruntime session on `device`, tuned, or an `EdgenetError` saying why not.
+
+    Full graph optimisation, `threads` intra-op threads when given, errors-only logging.
+    When an explicitly requested accelerator fails to load (onnxruntime would silently
+    fall back to the CPU), this raises instead: a user who asked for a GPU must know.
+    """
+    model_path = Path(path)
+    if not model_path.is_file():
+        raise PackError(
+            "ONNX model file not found",
+            path=model_path,
+            fix="check the model pack folder (`edgenet models pull` or `edgenet convert pack`)",
+        )
+    dev = _check_device(device)
+    providers = resolve_providers(dev, precision)
+    names = [name for name, _ in providers]
+    if threads is not None and threads < 1:
+        raise EdgenetError(f"threads must be >= 1, got {threads}", fix="pass --threads 1 or more")
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads is not None:
+        so.intra_op_num_threads = int(threads)
+    if "DmlExecutionProvider" in names:
+        # DirectML does not support memory patterns or parallel execution.
+        so.enable_mem_pattern = False
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if any(n in _CUDA_PROVIDERS for n in names):
+        _preload_gpu_libraries()
+    if "TensorrtExecutionProvider" in names:
+        tensorrt_cache_dir().mkdir(parents=True, exist_ok=True)
+
+    try:
+        sess = ort.InferenceSession(
+            str(model_path),
+            sess_options=so,
+            providers=providers,
+        )
+    except Exception as exc:  # onnxruntime raises its own exception types per failure
+        raise PackError(
+            f"onnxruntime cannot load this model: {str(exc).strip().splitlines()[0][:300]}",
+            path=model_path,
+            fix="re-create it with `edgenet convert` or re-download the pack",
+        ) from exc
+
+    if dev != "auto" and dev != "cpu" and names[0] not in sess.get_providers():
+        raise EdgenetError(
+            f"{names[0]} is installed but failed to initialise (the session fell back to "
+            f"{', '.join(sess.get_providers())})",
+            path=model_path,
+            fix=(
+                f"check the device's drivers and libraries ({INSTALL_HINTS[dev]}); "
+                "`edgenet doctor` shows what was found; or use --device cpu"
+            ),
+        )
+    return sess
+
+
+def session_device(sess: ort.InferenceSession) -> str:
+    """The `--device` name of the provider that actually runs the session's first node."""
+    first = sess.get_providers()[0]
+    for dev, name in DEVICE_PROVIDERS.items():
+        if name == first:
+            return dev
+    return first
+
+
+def describe_session(sess: ort.InferenceSession) -> str:
+    """One line for logs, `doctor` and `bench`: providers (with options) and I/O shapes."""
+    opts = sess.get_provider_options()
+    shown = []
+    for name in sess.get_providers():
+        o = opts.get(name, {})
+        keys = [
+            k for k in ("cudnn_conv_algo_search", "trt_fp16_enable", "trt_engine_cache_path",
+                        "device_type", "ModelFormat")
+            if k in o
+        ]
+        extra = ", ".join(f"{k}={o[k]}" for k in keys)
+        shown.append(f"{name}({extra})" if extra else name)
+
+    def io(args: Sequence[Any]) -> str:
+        return ", ".join(f"{a.name}:{a.type}{list(a.shape)}" for a in args)
+
+    threads = ""
+    so = sess.get_session_options()
+    if so.intra_op_num_threads:
+        threads = f"; threads {so.intra_op_num_threads}"
+    return (
+        f"providers {' > '.join(shown)}; inputs {io(sess.get_inputs())}; "
+        f"outputs {io(sess.get_outputs())}{threads}"
+    )
+
+
+def run_with_iobinding(
+    sess: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    output_names: Sequence[str] | None = None,
+) -> list[np.ndarray]:
+    """Run `sess`, binding inputs/outputs on the GPU when it runs on CUDA or TensorRT.
+
+    Why: with plain `run`, onnxruntime copies inputs host->device and outputs back through
+    extra staging buffers; binding copies each input once and keeps outputs on the device
+    until one copy at the end. On other providers this is plain `sess.run`.
+    """
+    names = list(output_names) if output_names is not None else [
+        o.name for o in sess.get_outputs()
+    ]
+    if sess.get_providers()[0] not in _CUDA_PROVIDERS:
+        return sess.run(names, dict(feeds))
+    binding = sess.io_binding()
+    device_id = int(sess.get_provider_options().get("CUDAExecutionProvider", {})
+                    .get("device_id", 0) or 0)
+    keep_alive = []  # the device copies must outlive the run
+    for name, arr in feeds.items():
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", device_id)
+        keep_alive.append(value)
+        binding.bind_ortvalue_input(name, value)
+    for name in names:
+        binding.bind_output(name, "cuda", device_id)
+    sess.run_with_iobinding(binding)
+    outputs = binding.copy_outputs_to_cpu()
+    del keep_alive
+    return outputs

@@ -1,0 +1,405 @@
+"""`edgenet bench`, FLOP counting, the matmul peak model and the reference comparison logic.
+
+The pack used here is built in the test with onnx.helper: a detector that maps (N, 3, H, W)
+to yolov5-shaped raw output (N, rows, 8) and a classifier (N, 480, 480, 3) -> (N, L), so the
+whole pipeline (decode, letterbox, detector, NMS, crop, classifier, ensemble) runs in seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from edgenet import bench, flops  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import compare_reference  # noqa: E402
+
+# ------------------------------------------------------------------------------------------
+# a tiny pack
+
+
+def _detector_model() -> onnx.ModelProto:
+    """Conv(stride 32) -> sigmoid -> rows of (x, y, w, h, obj, c1, c2, c3) in pixels.
+
+    Near-zero weights and fixed biases: every row is almost the same box (NMS keeps one per
+    image) with conf ~ 0.88 * 0.88, so each image gets one animal detection to classify."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8, 3, 32, 32)) * 1e-4).astype(np.float32)
+    b = np.array([0, 0, 0, 0, 2, 2, -2, -2], np.float32)
+    scale = np.array([640, 480, 400, 300, 1, 1, 1, 1], np.float32)
+    nodes = [
+        helper.make_node("Conv", ["images", "W", "B"], ["c"], strides=[32, 32],
+                         kernel_shape=[32, 32]),
+        helper.make_node("Sigmoid", ["c"], ["s"]),
+        helper.make_node("Reshape", ["s", "shape3"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("Mul", ["t", "scale"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_detector",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", "rows", 8])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"),
+         numpy_helper.from_array(np.array([0, 8, -1], np.int64), "shape3"),
+         numpy_helper.from_array(scale, "scale")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _classifier_model(n_labels: int) -> onnx.ModelProto:
+    """NHWC -> Conv(stride 32) -> global average -> Gemm to the labels."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "W"], ["c"], strides=[32, 32], kernel_shape=[32, 32]),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "G", "GB"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 480, 480, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", n_labels])],
+        [numpy_helper.from_array((rng.standard_normal((4, 3, 32, 32)) * 0.01)
+                                 .astype(np.float32), "W"),
+         numpy_helper.from_array((rng.standard_normal((n_labels, 4)) * 3).astype(np.float32),
+                                 "G"),
+         numpy_helper.from_array(np.zeros(n_labels, np.float32), "GB")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def make_tiny_pack(dst: Path, variant_fidelity: dict | None = None) -> Path:
+    """A complete pack (labels/taxonomy/geofence generated) in DST; an "int8" variant entry
+    pointing at the same graphs carries `variant_fidelity` in the pack's fidelity.json."""
+    from converters.synth import generate_labels, make_geofence
+
+    dst.mkdir(parents=True, exist_ok=True)
+    labels, taxonomy = generate_labels(40, seed=3)
+    onnx.save(_detector_model(), dst / "det.onnx")
+    onnx.save(_classifier_model(len(labels)), dst / "cls.onnx")
+    (dst / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    (dst / "taxonomy.txt").write_text("\n".join(taxonomy) + "\n", encoding="utf-8")
+    (dst / "geofence.json").write_text(json.dumps(make_geofence(labels, 0, 10)),
+                                       encoding="utf-8")
+    fid = {"detector": {"fp32": {}}, "classifier": {"fp32": {}}}
+    variants = {}
+    if variant_fidelity is not None:
+        variants["int8"] = {"detector": "det.onnx", "classifier": "cls.onnx"}
+        fid["detector"]["int8"] = variant_fidelity["detector"]
+        fid["classifier"]["int8"] = variant_fidelity["classifier"]
+    (dst / "fidelity.json").write_text(json.dumps(fid), encoding="utf-8")
+    info = {
+        "version": "4.0.2a-test-tiny", "type": "always_crop", "classifier": "cls.onnx",
+        "classifier_labels": "labels.txt", "detector": "det.onnx", "taxonomy": "taxonomy.txt",
+        "geofence": "geofence.json",
+        "edgenet": {"format": 1, "precision": "fp32", "synthetic": True, "variants": variants,
+                    "fidelity": "fidelity.json"},
+    }
+    (dst / "info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return dst
+
+
+FIDELITY = {
+    "detector": {"detections_used": {"recall": 0.97, "precision": 0.95, "max_conf_diff": 0.02}},
+    "classifier": {"top1_agreement": 0.93, "top5_overlap": 0.88},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_pack(tmp_path_factory.mktemp("pack") / "tiny", FIDELITY)
+
+
+# ------------------------------------------------------------------------------------------
+# flops
+
+
+def _hand_graph() -> onnx.ModelProto:
+    """Conv(3->4, 3x3, pad 1, bias) -> Relu -> Reshape via Shape (as exporters write it)
+    -> MatMul(256 -> 10) -> Gemm(10 -> 6, transB, bias), with a dynamic batch."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1],
+                         kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Shape", ["r"], ["shp"]),
+        helper.make_node("Gather", ["shp", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["newshape"], axis=0),
+        helper.make_node("Reshape", ["r", "newshape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "M"], ["m"]),
+        helper.make_node("Gemm", ["m", "G", "GB"], ["y"], transB=1),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "B"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+        numpy_helper.from_array(rng.standard_normal((256, 10)).astype(np.float32), "M"),
+        numpy_helper.from_array(rng.standard_normal((6, 10)).astype(np.float32), "G"),
+        numpy_helper.from_array(np.zeros(6, np.float32), "GB"),
+    ]
+    graph = helper.make_graph(
+        nodes, "hand",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_flops_of_hand_made_graph(batch: int) -> None:
+    cost = flops.count_model(_hand_graph(), {"x": [batch, 3, 8, 8]})
+    conv_macs = batch * 4 * 8 * 8 * (3 * 3 * 3)  # out elements x (Cin/g * kH * kW)
+    matmul_macs = batch * 10 * 256
+    gemm_macs = batch * 6 * 10
+    assert not cost.unknown_shapes
+    assert cost.macs == conv_macs + matmul_macs + gemm_macs
+    assert cost.matrix_flops == 2 * cost.macs
+    # minor ops: conv bias add, relu, gemm bias add (one FLOP per output element each)
+    assert cost.other_flops == batch * 4 * 64 + batch * 4 * 64 + batch * 6
+    assert cost.flops == cost.matrix_flops + cost.other_flops
+    assert cost.by_op["Conv"].flops == 2 * conv_macs + batch * 4 * 64
+    # weights: every float32/int64 initializer
+    assert cost.weight_bytes == 4 * (108 + 4 + 2560 + 60 + 6) + 8 * 3
+    assert cost.input_bytes == batch * 3 * 64 * 4
+
+
+def test_flops_of_file_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "hand.onnx"
+    onnx.save(_hand_graph(), path)
+    cost = flops.count_model(path, {"x": [2, 3, 8, 8]})
+    assert cost.path == str(path) and cost.macs == 2 * (4 * 64 * 27 + 2560 + 60)
+    assert "GFLOPs" in flops.format_cost("hand", cost)
+    with pytest.raises(flops.EdgenetError, match="dynamic"):
+        flops.count_model(path)  # batch is dynamic and no shape was given
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x0a\xff\xff")
+    with pytest.raises(flops.EdgenetError, match="cannot parse"):
+        flops.count_model(bad)
+
+
+def test_flops_of_detector_and_classifier_shapes(tiny_pack: Path) -> None:
+    det = flops.count_model(tiny_pack / "det.onnx",
+                            flops.input_shape_for(tiny_pack / "det.onnx", "detector"))
+    assert det.input_shapes == {"images": [1, 3, 960, 1280]}
+    assert det.macs == 8 * 30 * 40 * (3 * 32 * 32)
+    cls = flops.count_model(tiny_pack / "cls.onnx",
+                            flops.input_shape_for(tiny_pack / "cls.onnx", "classifier"))
+    assert cls.macs == 4 * 15 * 15 * 3 * 32 * 32 + 4 * 40
+
+
+# ------------------------------------------------------------------------------------------
+# the peak model
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_handwritten_matmul_model_computes_a_matmul(kind: str) -> None:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(bench.matmul_model_bytes(48, kind),
+                                providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    if kind == "fp32":
+        a = rng.standard_normal((48, 48), dtype=np.float32)
+        b = rng.standard_normal((48, 48), dtype=np.float32)
+        np.testing.assert_allclose(sess.run(None, {"A": a, "B": b})[0], a @ b, rtol=1e-4,
+                                   atol=1e-4)
+    else:
+        a = rng.integers(0, 255, (48, 48), dtype=np.uint8)
+        b = rng.integers(-127, 127, (48, 48), dtype=np.int8)
+        out = sess.run(None, {"A": a, "B": b})[0]
+        assert out.dtype == np.int32
+        np.testing.assert_array_equal(out, a.astype(np.int32) @ b.astype(np.int32))
+
+
+def test_handwritten_conv_model_computes_a_conv() -> None:
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 4, 3, 3), dtype=np.float32)
+    x = rng.standard_normal((1, 4, 5, 6), dtype=np.float32)
+    sess = ort.InferenceSession(bench.conv_model_bytes(w, 5, 6),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"X": x})[0]
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.zeros((1, 4, 5, 6), np.float32)
+    for i in range(5):
+        for j in range(6):
+            want[0, :, i, j] = np.einsum("ocij,cij->o", w, xp[0, :, i:i + 3, j:j + 3])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8", "conv"])
+def test_measure_peak_reports_positive_rates(kind: str) -> None:
+    res = bench.measure_matmul_peak(threads=1, n=128, repeats=2, kind=kind)
+    assert res["best_gflops"] >= res["median_gflops"] > 0 and res["kind"] == kind
+    assert res["n"] == 128 and res["threads"] == 1
+
+
+# ------------------------------------------------------------------------------------------
+# bench end to end
+
+
+def test_bench_writes_json_markdown_and_png(tiny_pack: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = bench.bench(tiny_pack, None, "cpu", "fp32,int8", "2", threads=1, out=out,
+                         num_images=2, peak=False, flops=True, quiet=True)
+    files = {p.name for p in out.iterdir()}
+    assert {"bench.json", "bench.md", "bench.png"} <= files
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["cells"] == json.loads(json.dumps(report["cells"], default=str))
+    cells = saved["cells"]
+    assert [(c["precision"], c["batch_size"]) for c in cells] == [("fp32", 2), ("int8", 2)]
+    for c in cells:
+        assert c["ok"], c.get("error")
+        assert c["images"] == 2 and c["predictions"] == 2 and c["failures"] == 0
+        assert c["detections"] >= 2  # the tiny detector finds one box per image
+        assert c["images_per_s"] > 0
+        st = c["stage_ms_per_image"]
+        assert st["decode_letterbox"] > 0 and st["detector"] > 0 and st["classifier"] > 0
+        assert c["self_peak_rss_mb"] > 10
+        assert c["first_image_s"] > 0
+    assert cells[1]["fidelity"] == "det R/P 0.97/0.95, top1 0.93, top5 0.88"
+    assert cells[0]["fidelity"] == "reference (fp32)"
+    assert saved["costs"]["detector"]["input_shapes"] == {"images": [1, 3, 960, 1280]}
+    assert saved["machine"]["onnxruntime"]
+    md = (out / "bench.md").read_text()
+    assert "| device | precision | batch | images/s" in md
+    assert md.count("| cpu | ") == 2 and "top1 0.93" in md
+    # the chart shows the stages: each stage's colour is painted somewhere
+    from PIL import Image
+
+    with Image.open(out / "bench.png") as im:
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    assert bench.STAGE_COLOURS["detector"] in colours or _near(colours, "detector")
+    assert _near(colours, "classifier") and _near(colours, "decode_letterbox")
+
+    # --compare: the same report compared with a copy twice as slow -> 2.00x
+    slow = copy.deepcopy(saved)
+    for c in slow["cells"]:
+        c["images_per_s"] /= 2
+        c["stage_ms_per_image"] = {k: v * 2 for k, v in c["stage_ms_per_image"].items()}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(slow))
+    text = bench.compare_reports(saved, [old])
+    assert text.count("| 2.00x |") == 2
+    assert "| 0.50 |" in text
+
+
+def _near(colours: set, stage: str, tol: int = 12) -> bool:
+    ref = np.array(bench.STAGE_COLOURS[stage])
+    return any(np.abs(np.array(c) - ref).max() <= tol for c in colours)
+
+
+def test_pil_chart_renderer_draws_each_stage(tmp_path: Path) -> None:
+    rows = [("cpu fp32 b1", {s: 10.0 * (i + 1) for i, s in enumerate(bench.STAGES)}),
+            ("cpu int8 b1", {s: 5.0 for s in bench.STAGES})]
+    path = tmp_path / "c.png"
+    bench.render_chart_pil(rows, path)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    for s in bench.STAGES:
+        assert bench.STAGE_COLOURS[s] in colours, s
+
+
+def test_bench_cli_errors(tiny_pack: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    app = bench.bench_app()
+    r = CliRunner().invoke(app, ["--model", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "info.json" in r.output
+    r = CliRunner().invoke(app, ["--model", str(tiny_pack), "--batch-sizes", "x",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "batch-sizes" in r.output
+    r = CliRunner().invoke(app, ["--model", str(tiny_pack), "--precisions", "fp8",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "fp8" in r.output
+
+
+def test_missing_variant_is_a_failed_cell_not_a_crash(tmp_path: Path) -> None:
+    pack = make_tiny_pack(tmp_path / "p")
+    report = bench.bench(pack, None, "cpu", "fp16", "1", threads=1, out=tmp_path / "o",
+                         num_images=1, peak=False, flops=False, quiet=True)
+    (cell,) = report["cells"]
+    assert not cell["ok"] and "no fp16 variant" in cell["error"]
+
+
+def test_generated_images_are_camera_trap_sized(tmp_path: Path) -> None:
+    paths = bench.generate_images(tmp_path, count=4)
+    from PIL import Image
+
+    sizes = []
+    for p in paths:
+        with Image.open(p) as im:
+            sizes.append(im.size)
+            assert im.mode == "RGB" and im.format == "JPEG"
+    assert sizes == list(bench._SYNTH_SIZES[:4])
+    assert paths == sorted(paths)
+
+
+# ------------------------------------------------------------------------------------------
+# the reference comparison logic (benchmarks/compare_reference.py)
+
+
+def _pred(fp: str, conf: float = 0.9, bbox=(0.1, 0.2, 0.3, 0.4), score: float = 0.8,
+          source: str = "classifier") -> dict:
+    """A prediction in speciesnet 5.0.6's shape (one classified detection)."""
+    return {
+        "filepath": fp,
+        "country": "KEN",
+        "detections": [{
+            "category": "1", "label": "animal", "conf": conf, "bbox": list(bbox),
+            "raw_classifications": {"classes": ["a;b", "c;d"], "scores": [score, 0.1]},
+            "processed_classification": {"class": "a;b", "score": score, "source": source},
+        }],
+        "model_version": "x",
+    }
+
+
+def test_compare_predictions_identical_and_within_tolerance() -> None:
+    ref = {"predictions": [_pred("a.jpg"), _pred("b.jpg")]}
+    ours = {"predictions": [_pred("b.jpg", conf=0.9004), _pred("a.jpg", bbox=(0.1, 0.2, 0.3,
+                                                                             0.4009))]}
+    res = compare_reference.compare_predictions(ref, ours)
+    assert res["images"] == 2 and res["mismatched_images"] == 0, res["problems"]
+
+
+def test_compare_predictions_finds_each_kind_of_difference() -> None:
+    ref = {"predictions": [_pred("a.jpg"), _pred("b.jpg"), _pred("c.jpg"),
+                           {"filepath": "d.jpg", "failures": ["DETECTOR"]}, _pred("e.jpg")]}
+    b = _pred("b.jpg", source="classifier+rollup_to_genus")
+    c = _pred("c.jpg", score=0.802)
+    d = _pred("d.jpg")
+    ours = {"predictions": [_pred("a.jpg", bbox=(0.1, 0.2, 0.3, 0.402)), b, c, d]}
+    res = compare_reference.compare_predictions(ref, ours)
+    probs = "\n".join(res["problems"])
+    assert res["mismatched_images"] == 5
+    assert "a.jpg" in probs and "bbox" in probs
+    assert "b.jpg" in probs and "source" in probs
+    assert "c.jpg" in probs and "score" in probs
+    assert "d.jpg" in probs and "failures" in probs
+    assert "e.jpg" in probs and "missing" in probs
+
+
+def test_runtime_environment_size_counts_only_runtime_distributions() -> None:
+    size = compare_reference.runtime_env_size(sys.executable)
+    names = {d.lower().replace("_", "-") for d in size["distributions"]}
+    assert {"onnxruntime", "numpy", "pillow", "typer"} <= names
+    assert not names & {"torch", "tensorflow", "onnx", "pytest"}
+    assert size["bytes"] > 10 * 2**20

@@ -1,0 +1,256 @@
+"""The one pipeline: every mode, failures, ordering, batch/worker invariance, interruption."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnx")  # tiny models are built with onnx.helper (dev dependency)
+
+from tinypack import build_tiny_pack, write_images  # noqa: E402
+
+from edgenet import pipeline  # noqa: E402
+from edgenet import predictions as P  # noqa: E402
+from edgenet.errors import OutputError  # noqa: E402
+from edgenet.instances import prepare_instances  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tiny")
+    pack = build_tiny_pack(root / "pack")
+    whole = build_tiny_pack(root / "pack_full", pack_type="full_image")
+    write_images(root / "imgs")
+    instances = prepare_instances(folders=[str(root / "imgs")])
+    instances.append({"filepath": str(root / "missing.jpg"), "country": "KEN"})
+    instances[0] = {**instances[0], "country": "USA", "latitude": 41.46, "longitude": -73.84}
+    return {"root": root, "pack": pack, "whole": whole, "instances": instances}
+
+
+def _run(tiny: dict, **kw) -> tuple[dict, dict]:
+    kw.setdefault("instances", tiny["instances"])
+    kw.setdefault("model", tiny["pack"])
+    kw.setdefault("handle_signals", False)
+    return pipeline.run_pipeline(pipeline.PipelineConfig(**kw))
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny) -> dict:
+    preds, _ = _run(tiny, batch_size=1, workers=0)
+    return preds
+
+
+def test_full_run_shapes_failures_and_order(tiny, baseline) -> None:
+    preds = baseline["predictions"]
+    assert baseline["info"] == {"format_version": "20261015"}
+    assert [p["filepath"] for p in preds] == [i["filepath"] for i in tiny["instances"]]
+    bad = {p["filepath"].rsplit("/", 1)[-1]: p for p in preds if p.get("failures")}
+    assert set(bad) == {"zero.jpg", "text.jpg", "missing.jpg"}
+    for p in bad.values():
+        assert p["failures"] == ["CLASSIFIER", "DETECTOR"]
+        assert "detections" not in p and p["model_version"] == "tiny-test"
+    assert bad["missing.jpg"]["country"] == "KEN"
+    good = [p for p in preds if not p.get("failures")]
+    assert good and all(p["model_version"] == "tiny-test" for p in good)
+    assert preds[0]["country"] == "USA" and preds[0]["admin1_region"] == "NY"
+    classified = 0
+    for p in good:
+        confs = [d["conf"] for d in p["detections"]]
+        assert confs == sorted(confs, reverse=True)
+        for det in p["detections"]:
+            if det["conf"] >= 0.1:
+                assert len(det["raw_classifications"]["classes"]) == 2  # mcpd default 2
+                assert {"class", "score", "source"} <= set(det["processed_classification"])
+                classified += 1
+            else:
+                assert "raw_classifications" not in det
+    assert classified > 5
+
+
+@pytest.mark.parametrize(("batch_size", "workers"), [(3, 0), (8, 0), (4, 1)])
+def test_same_json_for_any_batch_size_and_worker_count(tiny, baseline, batch_size, workers):
+    preds, stats = _run(tiny, batch_size=batch_size, workers=workers)
+    assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
+    assert stats["images_processed"] == len(tiny["instances"])
+    assert stats["timings"]["detector"] > 0 and stats["counts"]["crops"] > 0
+
+
+def test_component_modes_chain(tiny, baseline, tmp_path: Path) -> None:
+    det_path, cls_path, ens_path = (tmp_path / n for n in ("d.json", "c.json", "e.json"))
+    dets, _ = _run(tiny, mode="detector", predictions_json=det_path)
+    for p, full in zip(dets["predictions"], baseline["predictions"], strict=True):
+        assert set(p) <= {"filepath", "detections", "failures"}
+        if full.get("failures"):
+            assert p["failures"] == ["DETECTOR"]
+        else:
+            assert [d["bbox"] for d in p["detections"]] == [
+                d["bbox"] for d in full["detections"]
+            ]
+    instances = tiny["instances"]
+    detections = P.load_component_results(det_path, instances, "detector")
+    cls, _ = _run(tiny, mode="classifier", detections=detections, predictions_json=cls_path,
+                  max_classifications_per_detection=2)
+    saved = json.loads(cls_path.read_text())
+    assert P.guess_predictions_source({p["filepath"]: p for p in saved["predictions"]}) == (
+        "classifier")
+    for p in cls["predictions"]:
+        if p.get("failures"):
+            assert p["failures"] == ["CLASSIFIER"]
+            continue
+        for det in p["detections"]:
+            if "raw_classifications" in det:
+                assert len(det["raw_classifications"]["classes"]) == 5  # keeps >= 5
+    classifications = P.load_component_results(cls_path, instances, "classifier")
+    P.check_matching_detections(classifications, detections, cls_path)
+    ens, _ = _run(tiny, mode="ensemble", detections=detections,
+                  classifications=classifications, predictions_json=ens_path)
+    for p, c in zip(ens["predictions"], saved["predictions"], strict=True):
+        assert p["model_version"] == "tiny-test"
+        if c.get("failures"):
+            assert "CLASSIFIER" in p["failures"]
+            continue
+        for det, cdet in zip(p["detections"], c["detections"], strict=True):
+            assert det["bbox"] == cdet["bbox"]
+            if "raw_classifications" in cdet:
+                assert det["raw_classifications"]["classes"] == (
+                    cdet["raw_classifications"]["classes"][:2])
+                assert "processed_classification" in det
+
+
+def test_whole_image_classifier(tiny) -> None:
+    preds, _ = _run(tiny, model=tiny["whole"], workers=0, batch_size=2)
+    for p in preds["predictions"]:
+        if p.get("failures"):
+            assert p["failures"] == ["CLASSIFIER", "DETECTOR"]
+            continue
+        first = p["detections"][0]
+        assert first["category"] == "0" and first["bbox"] == [0.0, 0.0, 1.0, 1.0]
+        assert "processed_classification" in first and "raw_classifications" in first
+        assert all("raw_classifications" not in d for d in p["detections"][1:])
+
+
+def test_interrupt_saves_and_resume_equals_uninterrupted(tiny, baseline, tmp_path: Path):
+    out = tmp_path / "p.json"
+    seen = []
+
+    def stop_after_four(fp: str, result: dict) -> None:
+        seen.append(fp)
+        if len(seen) == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+
+    preds, stats = _run(tiny, predictions_json=out, on_image_done=stop_after_four,
+                        handle_signals=True, batch_size=2)
+    assert stats["interrupted"] and stats["signal"] == signal.SIGINT
+    saved = json.loads(out.read_text())
+    done = [p for p in saved["predictions"] if not p.get("failures")]
+    assert 1 <= len(done) <= 4
+    pending = [p for p in saved["predictions"] if p["filepath"] not in seen]
+    assert all(p["failures"] == ["CLASSIFIER", "DETECTOR", "GEOLOCATION"] for p in pending)
+    # Same command again: resumes, processes the rest, equals an uninterrupted run.
+    _, stats2 = _run(tiny, predictions_json=out, batch_size=3)
+    assert stats2["images_reused"] == len(done)
+    assert out.read_text(encoding="utf-8") == P.dumps_predictions(baseline)
+
+
+def test_keyboard_interrupt_without_handlers_still_saves(tiny, tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+
+    def boom(fp: str, result: dict) -> None:
+        raise KeyboardInterrupt
+
+    _, stats = _run(tiny, predictions_json=out, on_image_done=boom)
+    assert stats["interrupted"] and stats["images_processed"] == 1
+    assert len(json.loads(out.read_text())["predictions"]) == len(tiny["instances"])
+
+
+def test_checkpoints_are_written_atomically(tiny, tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    sizes = []
+
+    def watch(fp: str, result: dict) -> None:
+        if out.exists():
+            sizes.append(len(json.loads(out.read_text())["predictions"]))  # always parseable
+
+    _, stats = _run(tiny, predictions_json=out, checkpoint_every_images=3, on_image_done=watch)
+    assert stats["checkpoints"] >= 4  # 10 images / 3, plus the final save
+    assert sizes and set(sizes) == {len(tiny["instances"])}
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
+
+
+def test_write_failure_stops_with_clear_error_and_keeps_old_file(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "p.json"
+    P.save_predictions(P.make_predictions_dict([]), out)
+    before = out.read_bytes()
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(P.os, "replace", full)
+    with pytest.raises(OutputError, match="disk is full"):
+        _run(tiny, predictions_json=out, checkpoint_every_images=2, resume=False)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
+
+
+def test_run_timed_for_bench(tiny) -> None:
+    files = [i["filepath"] for i in tiny["instances"][:3]]
+    report = pipeline.run_timed(model=tiny["pack"], filepaths=files, batch_size=2)
+    assert len(report["predictions"]["predictions"]) == 3
+    assert report["stats"]["detector"] > 0 and "wall_s" in report["stats"]
+    assert report["summary"]["images_processed"] == 3
+
+
+@pytest.mark.reference
+def test_ensemble_only_and_discovery_equal_reference(tiny, ref_python, tmp_path: Path) -> None:
+    """speciesnet 5.0.6 --ensemble_only on the same JSON inputs gives the same file.
+
+    The reference's ensemble needs only info.json, taxonomy and geofence from a model folder,
+    so it runs on the tiny pack. Covers ordering, failure merging, geolocation (USA lat/lon ->
+    admin1), geofencing, roll-ups and the top-k trimming, end to end through both CLIs.
+    """
+    import subprocess
+
+    from edgenet.cli import main
+
+    instances = [
+        {**i, "country": i.get("country", "KEN" if n % 2 else "USA")}
+        for n, i in enumerate(tiny["instances"])
+    ]
+    inst = tmp_path / "instances.json"
+    inst.write_text(json.dumps({"instances": instances}), encoding="utf-8")
+    det, cls = tmp_path / "d.json", tmp_path / "c.json"
+    assert main(["run", "--model", str(tiny["pack"]), "--instances-json", str(inst), "-q",
+                 "--detector-only", "--predictions-json", str(det), "--workers", "0"]) == 0
+    assert main(["run", "--model", str(tiny["pack"]), "--instances-json", str(inst), "-q",
+                 "--classifier-only", "--detections-json", str(det), "--predictions-json",
+                 str(cls), "--workers", "0"]) == 0
+    ours, ref = tmp_path / "ours.json", tmp_path / "ref.json"
+    assert main(["run", "--model", str(tiny["pack"]), "--instances-json", str(inst), "-q",
+                 "--ensemble-only", "--detections-json", str(det), "--classifications-json",
+                 str(cls), "--predictions-json", str(ours)]) == 0
+    proc = subprocess.run(
+        [str(ref_python), "-m", "speciesnet.scripts.run_model", "--model", str(tiny["pack"]),
+         "--ensemble_only", "--detections_json", str(det), "--classifications_json", str(cls),
+         "--instances_json", str(inst), "--predictions_json", str(ref), "--bypass_prompts",
+         "--noprogress_bars"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(ours.read_text()) == json.loads(ref.read_text())
+    assert ours.read_text() == ref.read_text()  # byte for byte: rounding, indent, order
+
+    # Folder discovery: the reference's prepare_instances_dict on the same tree.
+    code = (
+        "import json, sys; from speciesnet.utils import prepare_instances_dict; "
+        "print(json.dumps(prepare_instances_dict(folders=sys.argv[1:])['instances']))"
+    )
+    folders = [str(tiny["root"]), str(tiny["root"] / "imgs")]
+    proc = subprocess.run([str(ref_python), "-c", code, *folders], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert prepare_instances(folders=folders) == json.loads(proc.stdout)

@@ -1,0 +1,177 @@
+"""edgenet.providers: --device mapping, availability errors, sessions, I/O binding fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgenet import providers
+from edgenet.errors import EdgenetError, PackError
+
+
+def _tiny_model(path: Path) -> Path:
+    """y = 2 * x + 1 on a (N, 4) float tensor, built with onnx.helper."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "two"], ["t"]),
+            helper.make_node("Add", ["t", "one"], ["y"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[two, one],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture()
+def tiny_model(tmp_path: Path) -> Path:
+    return _tiny_model(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture()
+def fake_providers(monkeypatch: pytest.MonkeyPatch):
+    """Pretend onnxruntime offers the given providers (for mapping logic only)."""
+
+    def apply(*names: str) -> None:
+        listed = [*names, "CPUExecutionProvider"]
+        monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+
+    return apply
+
+
+def test_available_devices_always_has_cpu() -> None:
+    devs = providers.available_devices()
+    assert set(devs) == {"cpu", "cuda", "tensorrt", "dml", "openvino", "coreml"}
+    assert devs["cpu"] is True
+    have = set(ort.get_available_providers())
+    assert devs["cuda"] == ("CUDAExecutionProvider" in have)
+
+
+def test_cpu_resolves_to_cpu_only() -> None:
+    assert providers.resolve_providers("cpu") == [("CPUExecutionProvider", {})]
+    assert providers.resolve_providers(" CPU ") == [("CPUExecutionProvider", {})]
+
+
+def test_auto_always_ends_with_cpu() -> None:
+    names = [n for n, _ in providers.resolve_providers("auto")]
+    assert names[-1] == "CPUExecutionProvider"
+    assert "TensorrtExecutionProvider" not in names
+
+
+def test_unknown_device_and_precision_raise() -> None:
+    with pytest.raises(EdgenetError, match="unknown device 'gpu0'"):
+        providers.resolve_providers("gpu0")
+    with pytest.raises(EdgenetError, match="unknown precision"):
+        providers.resolve_providers("cpu", precision="fp8")
+
+
+@pytest.mark.parametrize(
+    ("device", "hint"),
+    [("cuda", "edgenet[gpu]"), ("tensorrt", "tensorrt"), ("dml", "onnxruntime-directml"),
+     ("openvino", "onnxruntime-openvino"), ("coreml", "macOS")],
+)
+def test_unavailable_device_names_the_package(fake_providers, device: str, hint: str) -> None:
+    fake_providers()  # CPU only
+    with pytest.raises(EdgenetError) as err:
+        providers.resolve_providers(device)
+    msg = str(err.value)
+    assert providers.DEVICE_PROVIDERS[device] in msg and hint in msg and "fix:" in msg
+
+
+def test_auto_prefers_cuda_then_dml_then_openvino(fake_providers) -> None:
+    fake_providers("TensorrtExecutionProvider", "CUDAExecutionProvider", "DmlExecutionProvider")
+    names = [n for n, _ in providers.resolve_providers("auto")]
+    assert names == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    fake_providers("OpenVINOExecutionProvider", "DmlExecutionProvider")
+    assert providers.resolve_providers("auto")[0][0] == "DmlExecutionProvider"
+    fake_providers("CoreMLExecutionProvider", "OpenVINOExecutionProvider")
+    assert providers.resolve_providers("auto")[0][0] == "OpenVINOExecutionProvider"
+    fake_providers("CoreMLExecutionProvider")
+    assert providers.resolve_providers("auto")[0][0] == "CoreMLExecutionProvider"
+
+
+def test_cuda_uses_heuristic_conv_search(fake_providers) -> None:
+    fake_providers("CUDAExecutionProvider")
+    (name, opts), cpu = providers.resolve_providers("cuda")
+    assert name == "CUDAExecutionProvider"
+    assert opts["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert cpu == ("CPUExecutionProvider", {})
+
+
+def test_tensorrt_cache_and_fp16(fake_providers, monkeypatch, tmp_path: Path) -> None:
+    fake_providers("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
+    resolved = providers.resolve_providers("tensorrt", precision="fp16")
+    assert [n for n, _ in resolved] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    ]
+    trt = resolved[0][1]
+    assert trt["trt_engine_cache_enable"] is True
+    assert Path(trt["trt_engine_cache_path"]).is_relative_to(tmp_path / "home")
+    assert trt["trt_fp16_enable"] is True
+    assert providers.resolve_providers("tensorrt")[0][1]["trt_fp16_enable"] is False
+
+
+def test_make_session_runs_on_cpu(tiny_model: Path) -> None:
+    sess = providers.make_session(tiny_model, device="cpu", threads=1)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    (y,) = sess.run(None, {"x": x})
+    np.testing.assert_array_equal(y, 2 * x + 1)
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+    assert sess.get_session_options().intra_op_num_threads == 1
+    desc = providers.describe_session(sess)
+    assert "CPUExecutionProvider" in desc and "x:tensor(float)['N', 4]" in desc
+    assert "threads 1" in desc
+
+
+def test_make_session_auto_works(tiny_model: Path) -> None:
+    sess = providers.make_session(tiny_model)
+    assert sess.get_providers()[-1] == "CPUExecutionProvider"
+    assert providers.session_device(sess) in providers.DEVICE_PROVIDERS
+
+
+def test_run_with_iobinding_falls_back_to_run_on_cpu(tiny_model: Path) -> None:
+    sess = providers.make_session(tiny_model, device="cpu")
+    x = np.random.default_rng(0).random((3, 4), dtype=np.float32)
+    (y,) = providers.run_with_iobinding(sess, {"x": x})
+    np.testing.assert_array_equal(y, sess.run(["y"], {"x": x})[0])
+
+
+def test_make_session_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(PackError, match="not found"):
+        providers.make_session(tmp_path / "missing.onnx", device="cpu")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a protobuf")
+    with pytest.raises(PackError, match="cannot load") as err:
+        providers.make_session(junk, device="cpu")
+    assert str(junk) in str(err.value)
+
+
+def test_make_session_rejects_bad_threads(tiny_model: Path) -> None:
+    with pytest.raises(EdgenetError, match="threads"):
+        providers.make_session(tiny_model, device="cpu", threads=0)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_requested_provider_that_fails_to_load_raises(tiny_model: Path, monkeypatch) -> None:
+    """A GPU provider compiled in but unusable must not silently become a CPU run."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA provider really present here")
+    monkeypatch.setattr(
+        providers, "available_devices",
+        lambda: {d: d in ("cpu", "cuda") for d in providers.DEVICE_PROVIDERS},
+    )
+    with pytest.raises(EdgenetError, match="failed to initialise"):
+        providers.make_session(tiny_model, device="cuda")
