@@ -84,21 +84,28 @@ def build_source_and_pack(
     return src, pack
 
 
+class StepFailed(RuntimeError):
+    """A preparation command (synth, convert) failed; the message holds its output tail."""
+
+
 def _check_call(cmd: Sequence[str]) -> None:
     r = subprocess.run(list(cmd), capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"command failed ({r.returncode}): {' '.join(cmd)}\n"
+        raise StepFailed(f"command failed ({r.returncode}): {' '.join(cmd)}\n"
                          f"{(r.stdout + r.stderr)[-3000:]}")
 
 
 def make_instances(images: Path, dst: Path, limit: int | None = None) -> Path:
     """An instances JSON with absolute paths: the folder's own instances.json (countries kept,
-    file paths re-rooted on the folder) when present, else every image in it."""
+    file paths re-rooted on the folder, URL instances left out) when present, else every
+    image in it."""
     src = images / "instances.json"
     if src.is_file():
         data = json.loads(src.read_text(encoding="utf-8"))["instances"]
         instances = []
         for inst in data:
+            if "://" in str(inst.get("filepath", "")):
+                continue  # URLs: network time is not what we measure (and may be offline)
             inst = dict(inst)
             inst["filepath"] = str((images / Path(inst["filepath"]).name).resolve())
             instances.append(inst)
@@ -445,7 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     work: Path = a.work
     work.mkdir(parents=True, exist_ok=True)
-    src, pack = build_source_and_pack(work, a.size, force=a.force)
+    try:
+        src, pack = build_source_and_pack(work, a.size, force=a.force)
+    except StepFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     instances = make_instances(a.images, work / "instances.json")
     one = make_instances(a.images, work / "instances_one.json", limit=1)
     n = len(json.loads(instances.read_text())["instances"])

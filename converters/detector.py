@@ -39,12 +39,13 @@ class DetectorConversionError(EdgenetError):
     """The ONNX export of a detector failed or does not reproduce the source model."""
 
 
-# Relative tolerance on raw outputs (|onnx - torch32| <= RTOL * max(|torch32|, 1)): box columns
-# are pixels (up to ~1300), confidence columns lie in (0, 1). Why 1e-4: fp32 itself (torch fp32
-# vs fp64, measured on every conversion and reported) differs from exact arithmetic by ~1e-6
-# relative on this network; two fp32 implementations (torch, onnxruntime) summing in different
-# orders differ by a small multiple of that. 1e-4 leaves ~10-100x headroom for kernel choices
-# while a wrong op (bad padding, wrong grid, swapped anchors) produces errors of whole pixels.
+# Relative tolerance on raw outputs: box differences relative to the input extent (max(H, W)
+# px) and score differences (scores lie in [0, 1]) must stay below it. Why 1e-4: fp32 itself
+# (torch fp32 vs fp64, measured on every conversion and reported) is ~1e-6 relative in early
+# layers and ~1e-5 at the head of this ~100-layer network; two fp32 implementations (torch,
+# onnxruntime) summing in different orders differ by about as much. 1e-4 leaves headroom for
+# kernel choices while a wrong op (bad padding, wrong grid, swapped anchors) costs whole pixels
+# (>= 1e-3 of 1280 px) or whole score points.
 DEFAULT_RTOL = 1e-4
 # After NMS every detection at or above this confidence must be found in both (same class,
 # IoU > 0.5): speciesnet classifies detections from 0.1 on, so these are the ones that matter.
@@ -52,6 +53,9 @@ AGREEMENT_MIN_CONF = 0.1
 # Boxes within 1e-3 relative to the input extent after NMS (sub-pixel: the reference rounds
 # boxes to whole pixels of the original image).
 DEFAULT_BOX_TOL_PX = 0.05
+# Two fp32 implementations differ from each other by about as much as each differs from
+# fp64 (times ~sqrt(2)); 4x that drift is generous yet far below what a wrong op produces.
+DRIFT_FACTOR = 4.0
 
 
 def _sha256(path: Path) -> str:
@@ -231,18 +235,28 @@ def compare_detections(ref: np.ndarray, test: np.ndarray, min_conf: float = AGRE
     }
 
 
-def raw_diff(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
-    """max abs / relative differences of raw predictions, for box (px) and score columns."""
+def raw_diff(ref: np.ndarray, test: np.ndarray, extent: float | None = None
+             ) -> dict[str, float]:
+    """Differences of raw predictions (N, rows, 5+nc): boxes in px, scores in [0, 1].
+
+    `max_rel` puts both on one scale: box differences relative to the input's extent
+    (max(H, W) px, what a box coordinate can span) and score differences as they are
+    (scores are already relative to their range [0, 1]).
+    """
     ref = np.asarray(ref, np.float64)
     test = np.asarray(test, np.float64)
     if ref.shape != test.shape:
         raise DetectorConversionError(f"output shapes differ: {ref.shape} vs {test.shape}")
     d = np.abs(ref - test)
+    extent = float(extent or max(1.0, float(np.abs(ref[..., :4]).max(initial=1.0))))
+    box, conf = float(d[..., :4].max(initial=0.0)), float(d[..., 4:].max(initial=0.0))
     return {
-        "max_abs": float(d.max()),
-        "max_rel": float((d / np.maximum(np.abs(ref), 1.0)).max()),
-        "box_max_abs_px": float(d[..., :4].max()),
-        "conf_max_abs": float(d[..., 4:].max()),
+        "max_abs": max(box, conf),
+        "max_rel": max(box / extent, conf),
+        "box_max_abs_px": box,
+        "box_max_rel_to_box": float((d[..., :4] / np.maximum(np.abs(ref[..., :4]), 1.0))
+                                    .max(initial=0.0)),
+        "conf_max_abs": conf,
     }
 
 
@@ -361,40 +375,56 @@ def verify(model: Any, onnx_path: Path, *, check_images: Sequence[Path] | None =
     onnx_vs_32, drift_64, yolo_diffs = [], [], []
     agree_onnx, agree_64 = [], []
     per_input = []
-    for name, x in inputs:
+    first_image = next((i for i, (n, _) in enumerate(inputs) if not n.startswith("random_")),
+                       None)
+    for k, (name, x) in enumerate(inputs):
         ref32 = _torch_run(model, x, torch.float32)
-        ref64 = _torch_run(model64, x, torch.float64)
+        # fp64 costs ~2x fp32 on CPU: random inputs (small) and the first real image only.
+        ref64 = _torch_run(model64, x, torch.float64) if (
+            name.startswith("random_") or k == first_image) else None
         out = sess.run(None, {"images": x})[0]
-        d = raw_diff(ref32, out)
+        extent = float(max(x.shape[2:]))
+        d = raw_diff(ref32, out, extent)
         onnx_vs_32.append(d)
-        drift_64.append(raw_diff(ref64, ref32))
+        if ref64 is not None:
+            drift_64.append(raw_diff(ref64, ref32, extent))
         if yolov5_model is not None:
-            yolo_diffs.append(raw_diff(_torch_run(yolov5_model, x, torch.float32), ref32))
+            yolo_diffs.append(raw_diff(_torch_run(yolov5_model, x, torch.float32), ref32,
+                                       extent))
         entry = {"input": name, "shape": list(x.shape), "onnx_vs_torch32": d}
         if not name.startswith("random_"):
             for b in range(x.shape[0]):
                 n32 = yolov5_nms(ref32[b])
                 a = compare_detections(n32, yolov5_nms(out[b]))
                 agree_onnx.append(a)
-                agree_64.append(compare_detections(
-                    yolov5_nms(ref64[b].astype(np.float64)), n32))
+                if ref64 is not None:
+                    agree_64.append(compare_detections(
+                        yolov5_nms(ref64[b].astype(np.float64)), n32))
                 entry["detections_torch32"] = len(n32)
                 entry["detections_torch32_at_0.1"] = int((n32[:, 4] >= AGREEMENT_MIN_CONF).sum())
         per_input.append(entry)
 
     onnx_diff = _merge_diffs(onnx_vs_32)
     agreement = _merge_agreements(agree_onnx)
+    drift = _merge_diffs(drift_64)
+    drift_nms = _merge_agreements(agree_64)
+    # ONNX cannot be expected closer to torch fp32 than fp32 itself is to exact arithmetic:
+    # where the model's own fp32 drift (vs fp64) is larger than the fixed tolerance, the
+    # tolerance becomes DRIFT_FACTOR times that drift (reported as the effective tolerance).
+    eff_rtol = max(rtol, DRIFT_FACTOR * drift.get("max_rel", 0.0))
+    eff_box = max(box_tol_px, DRIFT_FACTOR * drift_nms.get("max_box_abs_px", 0.0))
     failures = []
     worst_rel = onnx_diff.get("max_rel", 0.0)
-    if not np.isfinite(worst_rel) or worst_rel > rtol:
-        failures.append(f"raw outputs differ by {worst_rel:.3g} relative (tolerance {rtol:g})")
+    if not np.isfinite(worst_rel) or worst_rel > eff_rtol:
+        failures.append(f"raw outputs differ by {worst_rel:.3g} relative (tolerance "
+                        f"{eff_rtol:.3g})")
     if agreement:
         if agreement["unmatched_at_or_above_min_conf"]:
             failures.append(f"{agreement['unmatched_at_or_above_min_conf']} detections at or "
                             f"above conf {AGREEMENT_MIN_CONF} have no partner after NMS")
-        if agreement["max_box_abs_px"] > box_tol_px:
+        if agreement["max_box_abs_px"] > eff_box:
             failures.append(f"matched boxes move by {agreement['max_box_abs_px']:.3g} px "
-                            f"(tolerance {box_tol_px:g})")
+                            f"(tolerance {eff_box:.3g})")
     yolo = _merge_diffs(yolo_diffs)
     if yolo and yolo["max_abs"] != 0.0:
         failures.append(f"edgenet's yolov5 modules differ from the yolov5 package's by "
@@ -405,19 +435,25 @@ def verify(model: Any, onnx_path: Path, *, check_images: Sequence[Path] | None =
         "reference": "torch fp32: checkpoint['model'].float(), eval mode (as speciesnet runs it)",
         "tolerance": {
             "raw_max_rel": rtol,
-            "raw_rel_definition": "|onnx - torch32| / max(|torch32|, 1) per element "
-                                  "(boxes in px, scores in [0,1])",
+            "raw_rel_definition": "max(box px difference / max(H, W) of the input, "
+                                  "score difference) over all rows",
             "nms_unmatched_at_or_above_conf": AGREEMENT_MIN_CONF,
             "nms_box_max_abs_px": box_tol_px,
-            "why": "fp32 rounding (see fp64_drift) is ~1e-6 relative on this network; two fp32 "
-                   "kernels differ by a small multiple of it. 1e-4 leaves wide headroom for "
-                   "kernel choices while any wrong op costs whole pixels; boxes are compared "
-                   "after NMS because speciesnet rounds them to whole original pixels.",
+            "drift_factor": DRIFT_FACTOR,
+            "effective_raw_max_rel": eff_rtol,
+            "effective_nms_box_max_abs_px": eff_box,
+            "why": "two fp32 implementations (torch, onnxruntime) differ by about as much as "
+                   "fp32 differs from fp64 (torch32_vs_torch64, measured here). 1e-4 of the "
+                   "input extent / of the score range leaves wide headroom over that for "
+                   "well-conditioned models while any wrong op costs whole pixels; for a model "
+                   "whose own fp32 drift is larger, the tolerance is drift_factor x that drift "
+                   "(the effective_* values). Boxes are also compared after NMS (speciesnet "
+                   "rounds them to whole pixels of the original image).",
         },
         "onnx_vs_torch32": onnx_diff,
-        "torch32_vs_torch64": _merge_diffs(drift_64),
+        "torch32_vs_torch64": drift,
         "detections_onnx_vs_torch32": agreement,
-        "detections_torch32_vs_torch64": _merge_agreements(agree_64),
+        "detections_torch32_vs_torch64": drift_nms,
         "yolov5_package_vs_edgenet_modules": yolo or None,
         "inputs": per_input,
         "images": used_images,

@@ -510,6 +510,7 @@ def pull(
     variants: Sequence[str] = ("fp16", "int8"),
     progress: ProgressFn | None = None,
     manifest: dict[str, KnownModel] | None = None,
+    max_images: int = 6,
 ) -> Path:
     """Download NAME; for a SpeciesNet variation also convert it into `packs/NAME`.
 
@@ -535,7 +536,7 @@ def pull(
     from converters.pack import convert_pack
 
     convert_pack(src, dst, variants=variants, overwrite=force, home=home, progress=progress,
-                 manifest=manifest)
+                 manifest=manifest, max_images=max_images)
     default = packs_dir(home) / "default"
     if set_default or not (default.exists() or default.is_symlink()):
         set_default_pack(entry.name, home)

@@ -76,6 +76,13 @@ class _Reader:
     def rewind(self) -> None:
         self._it = iter(self.samples)
 
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Strided calibration: serve samples [start_index, end_index) next."""
+        self._it = iter(self.samples[start_index:end_index])
+
 
 def to_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], *,
             per_channel: bool = True) -> dict[str, Any]:
@@ -112,7 +119,11 @@ def to_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], *,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=exclude,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            # Reduce ranges after every sample (strided MinMax, stride 1): a full YOLOv5x6
+            # yields GBs of activations per image, holding them all would not fit small
+            # machines. (CalibMaxIntermediateOutputs would drop data in onnxruntime 1.32.)
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                           "CalibStridedMinMax": 1},
         )
     finally:
         tmp_in.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ def build_synthetic_classifier(
         calib_json = work / "calib.json"
         calib_json.write_text(json.dumps([str(p) for p in calib_images]))
         common = ["--work", str(work), "--stem", stem, "--dst", str(dst_dir)]
+        t0 = time.monotonic()
         proc = run_child(
             "converters.synth_classifier",
             ["keras3", *common, "--size", size, "--num-labels", str(num_labels),
@@ -94,17 +96,20 @@ def build_synthetic_classifier(
         if proc.returncode != 0:
             raise _stage_failed("keras3", proc)
         info = json.loads((work / "keras3.json").read_text())
+        info["seconds"]["keras_process"] = round(time.monotonic() - t0, 1)
         if "h5" in formats:
             stage = json.loads((work / "tfkeras.json").read_text())
             info["files"]["h5"] = stage.pop("files_h5")
             info.update(stage)
         if "pt" in formats:
+            t0 = time.monotonic()
             proc = run_child("converters.synth_classifier", ["torch", *common])
             if proc.returncode != 0:
                 raise _stage_failed("torch", proc)
             stage = json.loads((work / "torch.json").read_text())
             info["files"]["pt"] = stage.pop("files_pt")
             info.update(stage)
+            info["seconds"]["torch_process"] = round(time.monotonic() - t0, 1)
         if "keras" not in formats:
             (dst_dir / info["files"]["keras"]).unlink(missing_ok=True)
             info["files"].pop("keras")
@@ -237,8 +242,8 @@ def calibrate_head(model: Any, x: Any, seed: int, n_photos: int | None = None) -
     }
 
 
-def fp64_drift(model: Any, size: str, num_labels: int, x: Any) -> dict[str, Any]:
-    """fp32 model vs the same weights in fp64, on calibration images (fp64 is the reference)."""
+def fp64_drift(model: Any, size: str, num_labels: int, groups: dict[str, Any]) -> dict[str, Any]:
+    """fp32 model vs the same weights in fp64 (the reference), per group of inputs."""
     import keras
     import numpy as np
 
@@ -250,14 +255,13 @@ def fp64_drift(model: Any, size: str, num_labels: int, x: Any) -> dict[str, Any]
     try:
         m64 = build_classifier(keras, size, num_labels, legacy=False)
         m64.set_weights([w.astype(np.float64) for w in model.get_weights()])
-        y64 = keras_logits(m64, x.astype(np.float64), batch=2)
-        if str(np.asarray(y64).dtype) != "float64":
+        y64 = {k: keras_logits(m64, x.astype(np.float64), batch=2) for k, x in groups.items()}
+        if any(str(np.asarray(y).dtype) != "float64" for y in y64.values()):
             raise RuntimeError("fp64 reference model did not run in float64")
     finally:
         keras.config.set_floatx(old)
         keras.config.set_dtype_policy(old_policy)
-    y32 = keras_logits(model, x, batch=2)
-    return compare_logits(y64, y32)
+    return {k: compare_logits(y64[k], keras_logits(model, x, batch=2)) for k, x in groups.items()}
 
 
 def _stage_keras3(ns: argparse.Namespace) -> int:
@@ -271,19 +275,29 @@ def _stage_keras3(ns: argparse.Namespace) -> int:
     keras.utils.set_random_seed(ns.seed)
     tf.config.experimental.enable_op_determinism()
     work, dst = Path(ns.work), Path(ns.dst)
+    clock = [time.monotonic()]
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.monotonic()
+        seconds[name] = round(now - clock[0], 1)
+        clock[0] = now
+
     model = build_classifier(keras, ns.size, ns.num_labels, legacy=False)
+    lap("build")
     calib_paths = [Path(p) for p in json.loads(Path(ns.calib).read_text())]
     x, src_counts = _calibration_batch(calib_paths, CALIB_BATCH[ns.size], ns.seed)
     n_damped = damp_residual_branches(model)
     n_bn = calibrate_batchnorm(model, x)
     n_photos = len(x) - src_counts["n_noise"]
+    lap("calibrate_batchnorm")
     head = calibrate_head(model, x, ns.seed, n_photos=n_photos)
+    lap("calibrate_head")
     n_drift = DRIFT_IMAGES[ns.size]
-    drift = {
-        "photos": fp64_drift(model, ns.size, ns.num_labels, x[:n_drift]),
-        "noise": fp64_drift(model, ns.size, ns.num_labels, x[n_photos : n_photos + 1]),
-    }
+    drift = fp64_drift(model, ns.size, ns.num_labels,
+                       {"photos": x[:n_drift], "noise": x[n_photos : n_photos + 1]})
 
+    lap("fp64_drift")
     keras_path = dst / f"{ns.stem}.keras"
     model.save(str(keras_path))
     # Weights by layer name: tf_keras builds the same layer names, so this is how they travel.
@@ -294,18 +308,21 @@ def _stage_keras3(ns: argparse.Namespace) -> int:
     xc, names = check_inputs(None if not calib_paths else calib_paths)
     ref = keras_logits(model, xc)
     np.savez(work / "reference.npz", x=xc, logits=ref)
+    lap("save_keras_and_reference")
     check_top1 = ref[len(names) - sum(n.startswith("image") for n in names):].argmax(-1)
     if int(ns.onnx):
         onnx_proto = keras_model_to_onnx(model, 17)
         import onnx
 
         onnx.save(onnx_proto, str(work / "model.onnx"))
+        lap("tf2onnx_for_pt")
     if int(ns.h5):
         # tf_keras imports fine beside Keras 3 (TF_USE_LEGACY_KERAS only redirects tf.keras),
         # so the Keras 2 file is written here, saving a TensorFlow start-up.
         rc = _stage_tfkeras(ns)
         if rc:
             return rc
+        lap("tf_keras_h5")
     info = {
         "size": ns.size,
         "architecture": "EfficientNetV2-M" if ns.size == "full" else "EfficientNetV2-tiny",
@@ -321,6 +338,7 @@ def _stage_keras3(ns: argparse.Namespace) -> int:
                         "distinct_top1_on_check_images": int(len(set(check_top1.tolist())))},
         "drift_fp32_vs_fp64": drift,
         "versions": versions(),
+        "seconds": seconds,
     }
     (work / "keras3.json").write_text(json.dumps(info, indent=2))
     return 0

@@ -31,12 +31,14 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 
 from edgenet.errors import EdgenetError, InputError
+
+if TYPE_CHECKING:  # numpy is imported where used: `edgenet --help` should not pay for it
+    import numpy as np
 
 STAGES: tuple[str, ...] = ("decode_letterbox", "detector", "nms", "crop", "classifier", "ensemble")
 STAGE_LABELS: dict[str, str] = {
@@ -93,6 +95,8 @@ def _value_info(name: str, elem_type: int, dims: Sequence[int]) -> bytes:
 
 def _tensor(name: str, arr: np.ndarray, elem_type: int) -> bytes:
     """TensorProto: dims (1), data_type (2), name (8), raw_data (9, little-endian)."""
+    import numpy as np
+
     dims = b"".join(_field_varint(1, d) for d in arr.shape)
     raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
     return dims + _field_varint(2, elem_type) + _field_bytes(8, name) + _field_bytes(9, raw)
@@ -146,7 +150,7 @@ def conv_model_bytes(weights: np.ndarray, h: int, w: int) -> bytes:
             + _field_bytes(5, ints_attr("pads", [1, 1, 1, 1])))
     graph = (
         _field_bytes(1, node) + _field_bytes(2, "peak_conv")
-        + _field_bytes(5, _tensor("W", weights.astype(np.float32), 1))
+        + _field_bytes(5, _tensor("W", weights.astype("float32"), 1))
         + _field_bytes(11, _value_info("X", 1, (1, c, h, w)))
         + _field_bytes(12, _value_info("Y", 1, (1, c, h, w)))
     )
@@ -167,6 +171,7 @@ def measure_matmul_peak(
 
     Why onnxruntime and not numpy: the roofline we compare the detector against must be the
     one of the kernels that run it (MLAS), with the same threading."""
+    import numpy as np
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -217,6 +222,8 @@ def measure_matmul_peak(
 
 def measure_numpy_peak(n: int = 2048, repeats: int = 5) -> dict[str, Any]:
     """The same fp32 multiply through numpy's BLAS (its own thread count), for comparison."""
+    import numpy as np
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
@@ -290,6 +297,7 @@ def _gpus() -> list[dict[str, str]]:
 
 def machine_info() -> dict[str, Any]:
     """What a reader needs to compare two reports: CPU, cores, memory, runtime versions."""
+    import numpy as np
     import onnxruntime as ort
 
     info: dict[str, Any] = {
@@ -337,6 +345,7 @@ def generate_images(dst: str | Path, count: int = 8, seed: int = 0) -> list[Path
 
     Why synthetic: `edgenet bench` must run on a fresh install with no data; decode cost
     depends on size and JPEG entropy, so the images are full-size and textured, not flat."""
+    import numpy as np
     from PIL import Image
 
     out = Path(dst)
@@ -852,14 +861,19 @@ def _image_sizes(images: Sequence[Path]) -> dict[str, int]:
 
 
 def floor_estimate(report: Mapping[str, Any], costs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Seconds per image the measured fp32 peak allows: FLOPs / peak, per model."""
-    peak = (report.get("peak") or {}).get("onnxruntime_fp32", {}).get("best_gflops")
-    if not peak or not costs:
+    """Seconds per image the measured peaks allow: FLOPs / peak, per model, for the fp32
+    MatMul peak (`<role>_s`) and the fp32 3x3 Conv peak (`<role>_s_conv`)."""
+    peaks = report.get("peak") or {}
+    mm = (peaks.get("onnxruntime_fp32") or {}).get("best_gflops")
+    conv = (peaks.get("onnxruntime_conv") or {}).get("best_gflops")
+    if not mm or not costs:
         return {}
-    out: dict[str, Any] = {"peak_gflops": peak}
+    out: dict[str, Any] = {"peak_gflops": mm, "conv_peak_gflops": conv}
     for name, cost in costs.items():
         if isinstance(cost, dict) and cost.get("flops"):
-            out[f"{name}_s"] = cost["flops"] / 1e9 / peak
+            out[f"{name}_s"] = cost["flops"] / 1e9 / mm
+            if conv:
+                out[f"{name}_s_conv"] = cost["flops"] / 1e9 / conv
     return out
 
 
@@ -906,6 +920,7 @@ def _cell_line(cell: Mapping[str, Any]) -> str:
     return (
         f"  {cell['key']}: {cell['images_per_s']:.3f} images/s; ms/image: {stages}; "
         f"peak RSS {_fmt(cell.get('peak_rss_tree_mb') or cell.get('self_peak_rss_mb'), 0)} MB"
+        + (f"; fidelity vs fp32: {cell['fidelity']}" if cell.get("fidelity") else "")
     )
 
 
@@ -942,7 +957,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         cv = peak.get("onnxruntime_conv", {})
         lines.append(
             f"- matmul peak (n={o.get('n')}): onnxruntime fp32 {_fmt(o.get('best_gflops'))} "
-            f"GFLOP/s, numpy fp32 {_fmt(n.get('best_gflops'))} GFLOP/s"
+            f"GFLOP/s ({_fmt(o.get('gflops_per_cpu_second'))} per CPU-second: the rate "
+            f"while running, unaffected by other jobs), numpy fp32 "
+            f"{_fmt(n.get('best_gflops'))} GFLOP/s"
             + (f", onnxruntime int8 {_fmt(i8.get('best_gflops'))} GOP/s" if i8 else "")
             + (f"; onnxruntime fp32 3x3 conv {_fmt(cv.get('best_gflops'))} GFLOP/s" if cv
                else "")
@@ -953,11 +970,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         c = costs.get(role)
         if isinstance(c, dict) and c.get("flops"):
             shape = next(iter(c["input_shapes"].values()))
-            fl = floor.get(f"{role}_s")
+            fl, flc = floor.get(f"{role}_s"), floor.get(f"{role}_s_conv")
             lines.append(
                 f"- {role}: {c['flops'] / 1e9:.1f} GFLOPs at {shape}, weights "
-                f"{c['weight_bytes'] / 1e6:.0f} MB" + (
-                    f"; floor at the fp32 peak {fl * 1000:.0f} ms" if fl else "")
+                f"{c['weight_bytes'] / 1e6:.0f} MB"
+                + (f"; floor {fl * 1000:.0f} ms at the fp32 matmul peak" if fl else "")
+                + (f", {flc * 1000:.0f} ms at the conv peak" if flc else "")
             )
     lines += [
         "",
@@ -1084,18 +1102,24 @@ def write_outputs(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def load_report(path: str | Path) -> dict[str, Any]:
+    """An earlier bench.json, or an InputError naming the file (checked before any run)."""
+    try:
+        old = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read an earlier bench report: {exc}", path=path,
+                         fix="pass a bench.json written by `edgenet bench`") from exc
+    if not isinstance(old, dict) or not isinstance(old.get("cells"), list):
+        raise InputError("not an edgenet bench report (no 'cells')", path=path,
+                         fix="pass a bench.json written by `edgenet bench`")
+    return old
+
+
 def compare_reports(report: Mapping[str, Any], old_paths: Sequence[Path]) -> str:
     """Ratios new/old of images/s and of each stage's time, per matching cell."""
     lines = []
     for old_path in old_paths:
-        try:
-            old = json.loads(Path(old_path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"cannot read an earlier bench report: {exc}", path=old_path,
-                             fix="pass a bench.json written by `edgenet bench`") from exc
-        if not isinstance(old, dict) or "cells" not in old:
-            raise InputError("not an edgenet bench report (no 'cells')", path=old_path,
-                             fix="pass a bench.json written by `edgenet bench`")
+        old = load_report(old_path)
         by_key = {_cmp_key(c): c for c in old["cells"] if c.get("ok")}
         lines.append(f"compared with {old_path} ({old.get('created', '?')}, "
                      f"{(old.get('machine') or {}).get('cpu', '?')}):")
@@ -1168,6 +1192,8 @@ def bench(
     if any(b < 1 for b in sizes):
         raise InputError("--batch-sizes must be >= 1", fix="e.g. --batch-sizes 1,4")
     _load_info(pack)
+    for old in compare:
+        load_report(old)  # a typo in --compare should not cost a whole bench run
     out = Path(out)
     work = out / "work"
     if images is None:

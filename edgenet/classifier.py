@@ -18,9 +18,14 @@ Crops (speciesnet `SpeciesNetClassifier.preprocess`) are reproduced in numpy, bi
    a correctly rounded fma32 in float64 with an exact-tie correction (see `_fma32`).
    Measured: 0 differing float32 values over 27.6 M outputs of random sizes against torch
    2.14.1 with 2 threads. With exactly ONE torch thread PyTorch switches to its channels-last
-   kernel (`w00*i00 + w01*i01 + ...`), whose float32 results differ in the last bit: on the
-   same test 122 of 27.6 M uint8 values differed by 1 after step 4. We follow the multi-thread
-   kernel, which is what the reference uses on any machine with more than one core.
+   kernel: weights `w_yx = wy * wx` (float32) and
+   `fma(i11, w11, fma(i10, w10, fma(i00, w00, i01 * w01)))`; its results differ in the last
+   bit (535 of 165 M uint8 values off by 1 over 239 random crops). The default ("generic") is the
+   multi-thread kernel, which the reference uses on any machine with more than one core;
+   `kernel="single_thread"` / `EDGENET_RESIZE_KERNEL=single_thread` reproduces a reference
+   run with one torch thread (OMP_NUM_THREADS=1, 1-core machines). Both are bit-exact against
+   their torch counterpart in the tests. Other builds (a non-FMA x86 CPU, ARM) may round
+   differently in torch itself.
 4. `F.convert_image_dtype(uint8)`: `x * float32(255 + 1 - 1e-3)`, truncated to uint8.
 
 `full_image` classifiers crop top and bottom to `max(int(h*0.7), h-400)` rows centred as
@@ -30,12 +35,14 @@ Crops that come out empty (e.g. a box narrower than one pixel) make torch raise;
 
 Model input: the reference divides the uint8 HWC crops by 255.0 in float64 and stacks them as
 float32 (`np.stack(..., dtype=float32)`), then runs them in chunks of 8 crops (a memory
-measure; the chunking does not change per-crop results for the batch-independent network).
+measure; per-crop results do not depend on it beyond float rounding of batched kernels, so
+edgenet batches crops as the pipeline likes).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +64,10 @@ __all__ = [
     "crop_for_classifier",
     "full_image_crop",
     "image_array",
+    "RESIZE_KERNELS",
     "preprocess_input",
+    "read_target_species",
+    "resize_kernel",
     "select_detections_for_classification",
 ]
 
@@ -71,6 +81,7 @@ _TO_U8_FACTOR = _F32(255 + 1.0 - 1e-3)
 _U8_TO_UNIT64 = _U8_TO_UNIT.astype(np.float64)
 _TIE_MASK = np.int64((1 << 29) - 1)
 _TIE_HALF = np.int64(1 << 28)
+RESIZE_KERNELS = ("generic", "single_thread")
 
 
 class CropError(ValueError):
@@ -157,8 +168,47 @@ def _crop_axis(size: int, start: int, length: int) -> np.ndarray:
     return np.arange(size, dtype=np.int64)[start:end]
 
 
+def resize_kernel(kernel: str | None = None) -> str:
+    """Which PyTorch bilinear kernel to reproduce: argument, else `EDGENET_RESIZE_KERNEL`,
+    else "generic" (the reference on any multi-core CPU). "single_thread" reproduces PyTorch
+    run with exactly one intra-op thread (e.g. OMP_NUM_THREADS=1 or a 1-core machine)."""
+    kernel = kernel or os.environ.get("EDGENET_RESIZE_KERNEL", "").strip() or "generic"
+    if kernel not in RESIZE_KERNELS:
+        raise EdgenetError(
+            f"unknown resize kernel {kernel!r}",
+            fix=f"use one of {', '.join(RESIZE_KERNELS)} (EDGENET_RESIZE_KERNEL)",
+        )
+    return kernel
+
+
+def _single_thread_kernel(
+    arr: np.ndarray, r0: np.ndarray, r1: np.ndarray, c0: np.ndarray, c1: np.ndarray,
+    wy: tuple[np.ndarray, np.ndarray], wx: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """PyTorch's channels-last bilinear kernel (used with one thread and C == 3):
+    weights w_yx = wy * wx in float32, then, as GCC contracts the scalar loop,
+    fma(i11, w11, fma(i10, w10, fma(i00, w00, i01 * w01)))."""
+
+    def gather(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        vals = _U8_TO_UNIT64[arr[np.maximum(r, 0)[:, None], np.maximum(c, 0)[None, :]]]
+        if (r < 0).any() or (c < 0).any():
+            vals[(r < 0)[:, None] | (c < 0)[None, :]] = 0.0
+        return vals
+
+    def weight(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a[:, None] * b[None, :]).astype(np.float32)[:, :, None]
+
+    w00, w01 = weight(wy[0], wx[0]), weight(wy[0], wx[1])
+    w10, w11 = weight(wy[1], wx[0]), weight(wy[1], wx[1])
+    acc = (gather(r0, c1) * w01).astype(np.float32)
+    acc = _fma_add(gather(r0, c0), w00.astype(np.float64), acc)
+    acc = _fma_add(gather(r1, c0), w10.astype(np.float64), acc)
+    return _fma_add(gather(r1, c1), w11.astype(np.float64), acc)
+
+
 def _resize_crop(
-    arr: np.ndarray, rows: np.ndarray, cols: np.ndarray, out_size: int = CLASSIFIER_IMG_SIZE
+    arr: np.ndarray, rows: np.ndarray, cols: np.ndarray, out_size: int = CLASSIFIER_IMG_SIZE,
+    kernel: str | None = None,
 ) -> np.ndarray:
     """Bilinear resize of the virtual crop `arr[rows][:, cols]` (-1 = zero) to uint8 HWC."""
     if len(rows) == 0 or len(cols) == 0:
@@ -168,6 +218,13 @@ def _resize_crop(
     y0, y1, wy0, wy1 = _linear_table(len(rows), out_size)
     x0, x1, wx0, wx1 = _linear_table(len(cols), out_size)
     r0, r1, c0, c1 = rows[y0], rows[y1], cols[x0], cols[x1]
+    if resize_kernel(kernel) == "single_thread":
+        if len(rows) == out_size and len(cols) == out_size:
+            out = _U8_TO_UNIT[arr[np.maximum(rows, 0)[:, None], np.maximum(cols, 0)[None, :]]]
+            out[(rows < 0)[:, None] | (cols < 0)[None, :]] = 0.0  # F.resize returns it as is
+        else:
+            out = _single_thread_kernel(arr, r0, r1, c0, c1, (wy0, wy1), (wx0, wx1))
+        return (out * _TO_U8_FACTOR).astype(np.uint8)
 
     # Width pass once per distinct source row (rows repeat when upscaling), then height pass.
     needed, inverse = np.unique(np.concatenate([r0, r1]), return_inverse=True)
@@ -188,10 +245,13 @@ def _resize_crop(
     return (out * _TO_U8_FACTOR).astype(np.uint8)
 
 
-def crop_for_classifier(img: PIL.Image.Image | np.ndarray, bbox: Sequence[float]) -> np.ndarray:
+def crop_for_classifier(
+    img: PIL.Image.Image | np.ndarray, bbox: Sequence[float], *, kernel: str | None = None
+) -> np.ndarray:
     """The reference's `always_crop` crop of `bbox` = [xmin, ymin, width, height] (normalised).
 
-    Returns uint8 (480, 480, 3). Raises `CropError` when the crop is empty.
+    Returns uint8 (480, 480, 3). Raises `CropError` when the crop is empty. `kernel`: see
+    `resize_kernel`. Pass an `image_array(img)` when cropping one image many times.
     """
     arr = image_array(img)
     height, width = arr.shape[:2]
@@ -200,10 +260,12 @@ def crop_for_classifier(img: PIL.Image.Image | np.ndarray, bbox: Sequence[float]
     crop_h, crop_w = int(bh * height), int(bw * width)
     rows = _crop_axis(height, top, crop_h)
     cols = _crop_axis(width, left, crop_w)
-    return _resize_crop(arr, rows, cols)
+    return _resize_crop(arr, rows, cols, kernel=kernel)
 
 
-def full_image_crop(img: PIL.Image.Image | np.ndarray) -> np.ndarray:
+def full_image_crop(
+    img: PIL.Image.Image | np.ndarray, *, kernel: str | None = None
+) -> np.ndarray:
     """The reference's `full_image` crop: drop top/bottom bands, resize to uint8 (480, 480, 3)."""
     arr = image_array(img)
     height, width = arr.shape[:2]
@@ -215,7 +277,7 @@ def full_image_crop(img: PIL.Image.Image | np.ndarray) -> np.ndarray:
     left = int(round((width - width) / 2.0))
     rows = _crop_axis(height, top, target_h)
     cols = _crop_axis(width, left, width)
-    return _resize_crop(arr, rows, cols)
+    return _resize_crop(arr, rows, cols, kernel=kernel)
 
 
 def select_detections_for_classification(

@@ -74,6 +74,14 @@ def _external_region_checks(
             validate_country(country)
         if admin1_region and validate_admin1 is not None:
             validate_admin1(admin1_region)
+        us_states = getattr(geolocation, "US_ADMIN1_REGION_TO_ABBREVIATION", None)
+        if country == "USA" and admin1_region and us_states:
+            known = set(us_states.values())
+            if admin1_region not in known:
+                raise ValueError(
+                    f"unknown US state code {admin1_region!r} (expected one of "
+                    f"{', '.join(sorted(known))})"
+                )
     except (InputError, ValueError) as err:
         message = str(err) if isinstance(err, ValueError) else str(err).split("\n  fix:")[0]
         where = context or ("--country/--admin1-region" if source is None else "")
@@ -267,6 +275,11 @@ def load_instances_json(path: StrPath) -> list[dict]:
         raise InputError("is a directory, expected a JSON file", path=path) from None
     except UnicodeDecodeError:
         raise InputError("not UTF-8 text", path=path, fix="save it as UTF-8 JSON") from None
+    except RecursionError:
+        raise InputError(
+            "nested too deeply to parse", path=path,
+            fix='write it as {"instances": [{"filepath": "..."}, ...]}',
+        ) from None
     except json.JSONDecodeError as err:
         raise InputError(
             f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})",

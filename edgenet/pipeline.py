@@ -135,11 +135,30 @@ class DecodeResult:
 
 
 def _worker_init() -> None:
-    """Workers ignore Ctrl-C: the main process decides what to save and when to stop."""
+    """Workers ignore Ctrl-C: the main process decides what to save and when to stop.
+
+    They also exit when the main process dies (`kill -9`, the OOM killer): otherwise a worker
+    blocked writing a result into the full result pipe (whose read end it also holds) lives
+    forever, and every killed run leaks one process per worker (tests/test_kill_resume.py).
+    """
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except (ValueError, OSError):
         pass
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_exit_with_parent, args=(parent.sentinel,), daemon=True,
+            name="edgenet-parent-watch",
+        ).start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    """Block until the parent process is gone, then end this worker at once."""
+    from multiprocessing.connection import wait
+
+    wait([sentinel])
+    os._exit(1)
 
 
 def _warm_worker() -> None:

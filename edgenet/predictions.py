@@ -111,7 +111,11 @@ def write_text_atomic(text: str, output: StrPath) -> None:
     tmp = output.parent / f"{output.stem}.tmp.{uuid.uuid4()}{output.suffix}"
     try:
         try:
-            with open(tmp, mode="w", encoding="utf-8") as fp:
+            # backslashreplace: a file name that is not valid UTF-8 reaches us with lone
+            # surrogates (os.fsdecode); they can only sit inside JSON strings, where the
+            # replacement `\udcXX` is the JSON escape of the same character, so the file
+            # stays UTF-8 and reads back to the identical filepath (resume still matches).
+            with open(tmp, mode="w", encoding="utf-8", errors="backslashreplace") as fp:
                 fp.write(text)
                 fp.flush()
                 os.fsync(fp.fileno())
@@ -151,6 +155,11 @@ def read_json_file(path: StrPath, what: str, flag: str) -> Any:
         ) from None
     except UnicodeDecodeError:
         raise InputError(f"{what} is not UTF-8 text", path=path, fix="give a JSON file") from None
+    except RecursionError:
+        raise InputError(
+            f"{what} is nested too deeply to parse", path=path,
+            fix=f"give a {what} written by edgenet or speciesnet",
+        ) from None
     except json.JSONDecodeError as err:
         raise InputError(
             f"{what} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})",

@@ -178,6 +178,32 @@ def test_flops_of_hand_made_graph(batch: int) -> None:
     assert cost.input_bytes == batch * 3 * 64 * 4
 
 
+def test_flops_of_int8_qdq_graph() -> None:
+    """An int8 pack's graph (QDQ: int8 weights through DequantizeLinear) counts the same MACs;
+    its weights count one byte per int8 element."""
+    c, hw = 8, 6
+    inits = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+        numpy_helper.from_array(np.array(np.int8(0)), "zp"),
+        numpy_helper.from_array(np.ones((c, c, 3, 3), np.int8), "wq"),
+        numpy_helper.from_array(np.full((c,), 0.001, np.float32), "ws"),
+        numpy_helper.from_array(np.zeros((c,), np.int8), "wzp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["X", "s", "zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wzp"], ["wd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd"], ["Y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "qdq", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, hw, hw])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, c, hw, hw])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    cost = flops.count_model(model)
+    assert cost.macs == c * hw * hw * c * 9
+    assert cost.weight_bytes == 4 + 1 + c * c * 9 + 4 * c + c
+
+
 def test_flops_of_file_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "hand.onnx"
     onnx.save(_hand_graph(), path)
@@ -330,6 +356,12 @@ def test_bench_cli_errors(tiny_pack: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["--model", str(tiny_pack), "--precisions", "fp8",
                                  "--out", str(tmp_path)])
     assert r.exit_code == 2 and "fp8" in r.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    r = CliRunner().invoke(app, ["--model", str(tiny_pack), "--compare", str(bad),
+                                 "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not an edgenet bench report" in r.output
+    assert not (tmp_path / "o" / "bench.json").exists()  # refused before any run
 
 
 def test_missing_variant_is_a_failed_cell_not_a_crash(tmp_path: Path) -> None:
@@ -403,3 +435,58 @@ def test_runtime_environment_size_counts_only_runtime_distributions() -> None:
     assert {"onnxruntime", "numpy", "pillow", "typer"} <= names
     assert not names & {"torch", "tensorflow", "onnx", "pytest"}
     assert size["bytes"] > 10 * 2**20
+
+
+def test_bench_without_onnx_or_matplotlib(tiny_pack: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain install has neither: FLOPs are left out, the chart falls back to PIL."""
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    costs = bench.pack_costs(tiny_pack)
+    assert costs == {}  # no error either: FLOPs are simply not reported
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    report = {"machine": {"cpu": "x", "onnxruntime": "1"}, "cells": [
+        {"ok": True, "device": "cpu", "precision": "fp32", "batch_size": 1,
+         "stage_ms_per_image": {s: 10.0 for s in bench.STAGES}}]}
+    assert bench.render_chart(report, tmp_path / "c.png") == "pil"
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_make_instances_keeps_local_images_only(speciesnet_images: Path, tmp_path: Path) -> None:
+    path = compare_reference.make_instances(speciesnet_images, tmp_path / "i.json")
+    inst = json.loads(path.read_text())["instances"]
+    assert inst and all(Path(i["filepath"]).is_file() for i in inst)
+    assert not any("://" in i["filepath"] for i in inst)
+    one = compare_reference.make_instances(speciesnet_images, tmp_path / "o.json", limit=1)
+    assert json.loads(one.read_text())["instances"] == inst[:1]
+
+
+def test_run_measured_sees_peak_memory_and_exit_code() -> None:
+    code = "import time; b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096]); " \
+           "time.sleep(0.5); raise SystemExit(3)"
+    res = compare_reference.run_measured([sys.executable, "-c", code])
+    assert res["returncode"] == 3
+    peaks = [v for v in (res["peak_rss_tree_mb"], res["peak_rss_wait4_mb"]) if v]
+    assert peaks and max(peaks) >= 150
+    assert res["wall_s"] >= 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+@pytest.mark.convert
+def test_side_by_side_on_tiny_synthetic_weights(ref_python: Path, speciesnet_images: Path,
+                                                tmp_path: Path) -> None:
+    """The whole benchmarks/compare_reference.py on `--size tiny` weights: both tools run,
+    every number of the table is measured, and edgenet fp32 predicts what speciesnet does."""
+    rc = compare_reference.main(["--size", "tiny", "--work", str(tmp_path), "--precisions",
+                                 "fp32", "--reference-python", str(ref_python),
+                                 "--images", str(speciesnet_images)])
+    assert (tmp_path / "compare.json").is_file(), "preparation failed: see the captured stderr"
+    result = json.loads((tmp_path / "compare.json").read_text())
+    ref_row, ours = result["rows"]
+    assert rc == 0, [r.get("error") for r in result["rows"]]
+    for row in (ref_row, ours):
+        assert row["images_per_s"] > 0 and row["cold_start_s"] > 0
+        assert row["peak_rss_mb"] > 50 and row["env_bytes"] > 10 * 2**20
+    cmp = ours["comparison"]
+    assert cmp["images"] == 14 and cmp["mismatched_images"] == 0, cmp["problems"][:20]
+    assert "| edgenet fp32 |" in (tmp_path / "compare.md").read_text()

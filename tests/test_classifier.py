@@ -24,17 +24,19 @@ from edgenet.errors import EdgenetError
 # ------------------------------------------------------------------ torch ground truth
 
 
-@pytest.fixture(scope="module")
-def torch_ref():
+@pytest.fixture(scope="module", params=[(2, "generic"), (1, "single_thread")],
+                ids=["torch-2-threads", "torch-1-thread"])
+def torch_ref(request):
     """The reference's preprocessing written with torch/torchvision (as speciesnet 5.0.6).
 
-    Uses 2 intra-op threads: PyTorch picks a different bilinear kernel with exactly one thread
-    (see edgenet.classifier's docstring); the reference runs multi-threaded on multi-core CPUs.
+    PyTorch picks a different bilinear kernel with exactly one intra-op thread (see
+    edgenet.classifier's docstring): each thread setting is compared with its edgenet kernel.
     """
     torch = pytest.importorskip("torch")
     tvf = pytest.importorskip("torchvision.transforms.functional")
+    threads, kernel = request.param
     saved = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
 
     def to_tensor(u8: np.ndarray):
         t = torch.from_numpy(np.ascontiguousarray(u8)).permute(2, 0, 1).contiguous()
@@ -61,13 +63,19 @@ def torch_ref():
         except RuntimeError:
             return None
 
-    yield crop, full
+    def ours_crop(u8: np.ndarray, bbox: list[float]) -> np.ndarray | None:
+        return _ours(lambda: crop_for_classifier(u8, bbox, kernel=kernel))
+
+    def ours_full(u8: np.ndarray) -> np.ndarray | None:
+        return _ours(lambda: full_image_crop(u8, kernel=kernel))
+
+    yield crop, full, ours_crop, ours_full
     torch.set_num_threads(saved)
 
 
-def _ours(fn, *args) -> np.ndarray | None:
+def _ours(fn, *args, **kwargs) -> np.ndarray | None:
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except CropError:
         return None
 
@@ -86,14 +94,14 @@ def _random_boxes(rng: np.random.Generator, n: int) -> list[list[float]]:
 
 
 def test_crops_bit_exact_vs_torch(torch_ref) -> None:
-    crop, _ = torch_ref
+    crop, _, ours, _ = torch_ref
     rng = np.random.default_rng(1234)
     compared = 0
     for _ in range(8):
         h, w = int(rng.integers(1, 900)), int(rng.integers(1, 1300))
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         for bbox in _random_boxes(rng, 4):
-            want, got = crop(img, bbox), _ours(crop_for_classifier, img, bbox)
+            want, got = crop(img, bbox), ours(img, bbox)
             assert (want is None) == (got is None), (h, w, bbox)
             if want is not None:
                 assert got.dtype == np.uint8 and got.shape == (480, 480, 3)
@@ -116,28 +124,40 @@ def test_crops_bit_exact_vs_torch(torch_ref) -> None:
     ],
 )
 def test_edge_boxes_vs_torch(torch_ref, bbox: list[float]) -> None:
-    crop, _ = torch_ref
+    crop, _, ours, _ = torch_ref
     img = np.random.default_rng(7).integers(0, 256, (960, 960, 3), dtype=np.uint8)
-    want, got = crop(img, bbox), _ours(crop_for_classifier, img, bbox)
+    want, got = crop(img, bbox), ours(img, bbox)
     assert (want is None) == (got is None)
     if want is not None:
         np.testing.assert_array_equal(got, want)
 
 
-def test_same_size_crop_is_identity_round_trip() -> None:
+@pytest.mark.parametrize("kernel", ["generic", "single_thread"])
+def test_same_size_crop_is_identity_round_trip(kernel: str) -> None:
     img = np.random.default_rng(3).integers(0, 256, (480, 480, 3), dtype=np.uint8)
-    out = crop_for_classifier(img, [0.0, 0.0, 1.0, 1.0])
+    out = crop_for_classifier(img, [0.0, 0.0, 1.0, 1.0], kernel=kernel)
     # float32(v/255) * 255.999 truncated gives v back for every uint8 v
     np.testing.assert_array_equal(out, img)
 
 
+def test_resize_kernel_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgenet.classifier import resize_kernel
+
+    assert resize_kernel() == "generic"
+    monkeypatch.setenv("EDGENET_RESIZE_KERNEL", "single_thread")
+    assert resize_kernel() == "single_thread"
+    assert resize_kernel("generic") == "generic"
+    with pytest.raises(EdgenetError, match="unknown resize kernel"):
+        resize_kernel("bicubic")
+
+
 def test_full_image_crop_vs_torch(torch_ref) -> None:
-    _, full = torch_ref
+    _, full, _, ours_full = torch_ref
     rng = np.random.default_rng(99)
     # heights with odd margins exercise center_crop's round-half-even offset
     for h, w in [(1536, 2048), (1001, 1303), (1335, 800), (479, 640), (2, 3), (1, 5)]:
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        want, got = full(img), _ours(full_image_crop, img)
+        want, got = full(img), ours_full(img)
         assert (want is None) == (got is None), (h, w)
         if want is not None:
             np.testing.assert_array_equal(got, want, err_msg=f"{h}x{w}")
@@ -284,7 +304,7 @@ _REF_SCRIPT = r"""
 import json, sys, types
 import numpy as np
 import torch
-torch.set_num_threads(2)
+torch.set_num_threads(int(sys.argv[3]))
 from speciesnet.classifier import SpeciesNetClassifier
 from speciesnet.utils import BBox, load_rgb_image
 jobs = json.loads(sys.argv[1])
@@ -309,9 +329,12 @@ print(json.dumps({k: [a is None for a in v] for k, v in out.items()}))
 
 
 @pytest.mark.reference
+@pytest.mark.parametrize("threads, kernel", [(2, "generic"), (1, "single_thread")])
 def test_preprocess_identical_to_reference(ref_python: Path, speciesnet_images: Path,
-                                           extra_images: Path, tmp_path: Path) -> None:
-    """speciesnet's own `SpeciesNetClassifier.preprocess` on real images, edge boxes included."""
+                                           extra_images: Path, tmp_path: Path, threads: int,
+                                           kernel: str) -> None:
+    """speciesnet's own `SpeciesNetClassifier.preprocess` on real images, edge boxes included,
+    with torch on 2 threads (generic kernel) and on 1 thread (channels-last kernel)."""
     from edgenet.images import load_rgb_image
 
     rng = np.random.default_rng(2024)
@@ -324,7 +347,8 @@ def test_preprocess_identical_to_reference(ref_python: Path, speciesnet_images: 
              [0.3, 0.3, 0.0001, 0.2], [0.1234, 0.4321, 0.2222, 0.1111]]
     jobs = {str(f): fixed + _random_boxes(rng, 3) for f in files}
     npz = tmp_path / "ref.npz"
-    proc = subprocess.run([str(ref_python), "-c", _REF_SCRIPT, json.dumps(jobs), str(npz)],
+    proc = subprocess.run([str(ref_python), "-c", _REF_SCRIPT, json.dumps(jobs), str(npz),
+                           str(threads)],
                           capture_output=True, text=True, timeout=900, check=True)
     failed = json.loads(proc.stdout.strip().splitlines()[-1])
     ref = np.load(npz)
@@ -336,7 +360,8 @@ def test_preprocess_identical_to_reference(ref_python: Path, speciesnet_images: 
             items = boxes if mode == "always_crop" else [None]
             for i, box in enumerate(items):
                 key = f"{mode}|{path}"
-                ours = _ours(crop_for_classifier, arr, box) if box else _ours(full_image_crop, arr)
+                ours = (_ours(crop_for_classifier, arr, box, kernel=kernel) if box
+                        else _ours(full_image_crop, arr, kernel=kernel))
                 assert (ours is None) == failed[key][i], (key, box)
                 if ours is not None:
                     np.testing.assert_array_equal(ours, ref[f"{key}#{i}"], err_msg=f"{key} {box}")

@@ -203,17 +203,30 @@ def test_doctor_never_crashes(capsys) -> None:
     assert "onnxruntime" in out and "check cpu: ok" in out
 
 
-def test_demo_runs_or_explains(capsys, tmp_path) -> None:
-    from edgenet.demo import demo_pack_dir
+def test_demo_runs_or_explains(capsys, tmp_path, monkeypatch) -> None:
+    from edgenet import demo
 
-    code, out, err = _main(capsys, "demo", "--output", tmp_path / "demo", "-q",
-                           "--images", tmp_path / "gen")
-    if not (demo_pack_dir() / "info.json").is_file():
-        assert code == 2 and "demo pack is missing" in err
+    monkeypatch.setattr(demo, "shared_images_dir", lambda: None)  # generated images
+    code, out, err = _main(capsys, "demo", "--output", tmp_path / "demo", "-q")
+    if not (demo.demo_pack_dir() / "info.json").is_file():
+        assert code == 2 and "demo pack is missing" in err and "Traceback" not in err
         return
     assert code == 0, err
     assert "SYNTHETIC WEIGHTS" in out
     assert (tmp_path / "demo" / "predictions.json").is_file()
+
+
+def test_demo_flow_with_a_pack(capsys, tiny, tmp_path, monkeypatch) -> None:
+    from edgenet import demo
+
+    monkeypatch.setattr(demo, "demo_pack_dir", lambda: tiny["pack"])
+    monkeypatch.setattr(demo, "shared_images_dir", lambda: None)
+    code, out, err = _main(capsys, "demo", "--output", tmp_path / "demo", "-q")
+    assert code == 0, err
+    assert out.count("SYNTHETIC WEIGHTS") == 2
+    preds = json.loads((tmp_path / "demo" / "predictions.json").read_text())["predictions"]
+    assert len(preds) == 4 and all("detections" in p for p in preds)
+    assert "4 image(s), 0 with failures" in out
 
 
 def kill_resume_loop(pack: Path, work: Path, images: int = 200, kills: int = 20,
@@ -284,3 +297,94 @@ if __name__ == "__main__":  # python tests/test_cli.py PACK_DIR [IMAGES] [KILLS]
             kills=int(args[2]) if len(args) > 2 else 20,
         )
     sys.exit(0 if unique == n and equal else 1)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that claims width x height pixels but holds almost no data (a 'bomb')."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+
+
+def test_odd_inputs_run_to_completion(capsys, tiny, tmp_path) -> None:
+    """Issue 5: every odd input gives a prediction or a failures entry; the run completes."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "odd ünï"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rgb).convert("L").save(folder / "grey.jpg")
+    Image.fromarray(rgb).convert("P").save(folder / "palette.png")
+    Image.fromarray(rng.integers(0, 65535, (60, 80), dtype=np.uint16)).save(folder / "16bit.png")
+    Image.fromarray(np.dstack([rgb, rgb[..., 0]]), "RGBA").save(folder / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    Image.fromarray(rgb).save(folder / "exif rotated.jpg", exif=exif)
+    Image.fromarray(rgb).save(folder / "png named.JPG", format="PNG")
+    (folder / "text.jpg").write_text("hello", encoding="utf-8")
+    (folder / "zero.jpg").write_bytes(b"")
+    full = folder / "truncated.jpg"
+    Image.fromarray(rgb).save(full)
+    full.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    _png_header_only(folder / "bomb.png", 30000, 30000)
+    (folder / "dir.jpg").mkdir()
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    names = sorted(p.name for p in folder.iterdir() if p.name != "loop")
+    inst = tmp_path / "instances.json"
+    instances = [{"filepath": (folder / n).as_posix()} for n in names]
+    instances += [{"filepath": (folder / "absent.jpg").as_posix()},
+                  {"filepath": "http://127.0.0.1:9/unreachable.jpg"}]
+    inst.write_text(json.dumps({"instances": instances}), encoding="utf-8")
+    out = tmp_path / "p.json"
+    code, _, err = _main(capsys, "run", "--model", tiny["pack"], "--instances-json", inst,
+                         "--predictions-json", out, "-q", "--workers", "1")
+    assert code == 0, err
+    saved = json.loads(out.read_text())["predictions"]
+    preds = {p["filepath"].rsplit("/", 1)[-1]: p for p in saved}
+    assert len(preds) == len(instances)
+    must_fail = {"text.jpg", "zero.jpg", "bomb.png", "dir.jpg", "absent.jpg", "unreachable.jpg"}
+    for name, pred in preds.items():
+        if name in must_fail:
+            assert pred.get("failures") == ["CLASSIFIER", "DETECTOR"], name
+        else:
+            assert "detections" in pred, (name, pred.get("failures"))
+    # The same folder through --folders: the loop is not followed, the run completes.
+    code, _, err = _main(capsys, "run", "--model", tiny["pack"], "--folders", folder,
+                         "--predictions-json", tmp_path / "f.json", "-q", "--detector-only")
+    assert code == 0, err
+    found = json.loads((tmp_path / "f.json").read_text())["predictions"]
+    assert sorted(p["filepath"].rsplit("/", 1)[-1] for p in found) == sorted(
+        n for n in names if n.rsplit(".", 1)[-1] in ("jpg", "JPG", "png"))
+
+
+def test_broken_pack_and_unavailable_device_exit_2(capsys, tiny, tmp_path) -> None:
+    import shutil
+
+    pack = tmp_path / "pack"
+    shutil.copytree(tiny["pack"], pack)
+    labels = pack / "labels.txt"
+    labels.write_text("\n".join(labels.read_text().splitlines()[:-1]) + "\n")
+    code, _, err = _main(capsys, "run", "--model", pack, "--filepaths", "a.jpg", "-q")
+    assert code == 2 and "labels.txt" in err and "Traceback" not in err
+    shutil.copy(tiny["pack"] / "labels.txt", labels)
+    onnx_file = pack / "detector.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:100])
+    code, _, err = _main(capsys, "run", "--model", pack, "--filepaths", "a.jpg", "-q")
+    assert code == 2 and "detector.onnx" in err and "Traceback" not in err
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        code, _, err = _main(capsys, "run", "--model", tiny["pack"], "--filepaths", "a.jpg",
+                             "--device", "cuda", "-q")
+        assert code == 2 and "cuda" in err.lower() and "Traceback" not in err

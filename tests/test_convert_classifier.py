@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +69,15 @@ def converted(synth: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Each synthetic source converted once; reports and ONNX paths by source kind."""
     out = tmp_path_factory.mktemp("onnx_cls")
     paths = {k: Path(v) for k, v in synth["paths"].items()}
-    res = {
-        "keras": convert_keras_classifier(paths["keras"], out / "keras.onnx"),
-        "h5": convert_keras_classifier(paths["h5"], out / "h5.onnx"),
-        "pt": convert_torch_classifier(paths["pt"], out / "pt.onnx"),
+    jobs = {
+        "keras": (convert_keras_classifier, paths["keras"]),
+        "h5": (convert_keras_classifier, paths["h5"]),
+        "pt": (convert_torch_classifier, paths["pt"]),
     }
-    return res
+    # Each conversion is a child interpreter; run them side by side (the machine has 2 cores).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {k: pool.submit(fn, src, out / f"{k}.onnx") for k, (fn, src) in jobs.items()}
+        return {k: f.result() for k, f in futures.items()}
 
 
 def _run(path: str | Path, x: np.ndarray) -> np.ndarray:
@@ -81,8 +85,14 @@ def _run(path: str | Path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
+#: Different subjects (the test folder also holds b/w, CMYK and EXIF copies of one photo).
+DIVERSE = ["ocelot.jpg", "domestic_cattle.jpg", "human.jpg", "american_black_bear.jpg"]
+
+
 def _real_batch(n: int = 3) -> np.ndarray:
-    crops = load_crops(_images(), limit=n)
+    imgs = _images()
+    diverse = [p for name in DIVERSE for p in imgs if p.name == name]
+    crops = load_crops(diverse + [p for p in imgs if p not in diverse], limit=n)
     if not len(crops):
         rng = np.random.default_rng(0)
         return rng.uniform(0, 1, (n, 480, 480, 3)).astype(np.float32)
@@ -196,7 +206,7 @@ def test_onnx_graph_contract(converted: dict, synth: dict, kind: str) -> None:
 
 def test_three_forms_agree(converted: dict) -> None:
     """Same weights in three formats -> three ONNX graphs that agree (independent check)."""
-    x = _real_batch(3)
+    x = _real_batch(4)
     ref = _run(converted["keras"]["onnx"], x)
     for kind in ("h5", "pt"):
         cmp = compare_logits(ref, _run(converted[kind]["onnx"], x))
@@ -284,3 +294,42 @@ def test_speciesnet_loads_and_runs_synth_pt(synth: dict, converted: dict, tmp_pa
         top5 = [labels[i] for i in np.argsort(-ours[0])[:5]]
         if cls is not None:
             assert top5 == cls["classes"]
+
+
+# ----------------------------------------------------------------------------- slow
+
+_EXPORT_SAVEDMODEL = r"""
+import sys
+import keras
+model = keras.models.load_model(sys.argv[1], compile=False)
+model.export(sys.argv[2], format="tf_saved_model")
+"""
+
+
+@pytest.mark.slow
+def test_savedmodel_directory_converts(synth: dict, converted: dict, tmp_path: Path) -> None:
+    """A TF SavedModel export of the same weights converts and matches the .keras graph."""
+    sm = tmp_path / "saved_model"
+    proc = subprocess.run([sys.executable, "-c", _EXPORT_SAVEDMODEL, synth["paths"]["keras"],
+                           str(sm)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert detect_keras_format(sm) == "savedmodel"
+    rep = convert_keras_classifier(sm, tmp_path / "sm.onnx")
+    assert rep["failures"] == [] and rep["num_labels"] == NUM_LABELS
+    x = _real_batch(2)
+    cmp = compare_logits(_run(converted["keras"]["onnx"], x), _run(tmp_path / "sm.onnx", x))
+    assert fidelity_failures(cmp) == [], cmp
+
+
+@pytest.mark.slow
+def test_full_size_build_and_convert(tmp_path: Path) -> None:
+    """EfficientNetV2-M with 2498 outputs: all three formats convert within tolerance."""
+    info = build_synthetic_classifier(tmp_path, "full", 2498, _images())
+    assert info["params"] > 50_000_000
+    for group in ("photos", "noise"):
+        assert info["drift_fp32_vs_fp64"][group]["max_rel_diff"] < 1e-4
+    paths = {k: Path(v) for k, v in info["paths"].items()}
+    for kind, fn in (("keras", convert_keras_classifier), ("h5", convert_keras_classifier),
+                     ("pt", convert_torch_classifier)):
+        rep = fn(paths[kind], tmp_path / f"{kind}.onnx")
+        assert rep["failures"] == [] and rep["num_labels"] == 2498, kind

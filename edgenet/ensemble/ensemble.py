@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from edgenet.constants import (
     DEFAULT_MAX_CLASSIFICATIONS_PER_DETECTION,
@@ -42,6 +41,15 @@ def _top_classes(classifications: Mapping, num_classes: int | None) -> dict:
     return result
 
 
+def _same_bbox(a: Sequence, b: Sequence) -> bool:
+    """Boxes equal within 1e-4 per coordinate (exactly equal lists: the common case)."""
+    if len(a) != len(b):
+        return False
+    if a == b and all(x == x for x in a):  # equal and NaN-free: isclose holds too
+        return True
+    return all(math.isclose(x, y, abs_tol=1e-4) for x, y in zip(a, b, strict=False))
+
+
 def check_matching_detections(
     filepath: str, classified_detections: Sequence[Mapping], detections: Sequence[Mapping]
 ) -> None:
@@ -50,10 +58,8 @@ def check_matching_detections(
     Same test as the reference: same count, same categories, boxes equal within 1e-4.
     """
     matching = len(classified_detections) == len(detections) and all(
-        a["category"] == b["category"]
-        and len(a["bbox"]) == len(b["bbox"])
-        and all(math.isclose(x, y, abs_tol=1e-4) for x, y in zip(a["bbox"], b["bbox"]))
-        for a, b in zip(classified_detections, detections)
+        a["category"] == b["category"] and _same_bbox(a["bbox"], b["bbox"])
+        for a, b in zip(classified_detections, detections, strict=False)
     )
     if not matching:
         raise InputError(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenet.constants import Classification
-from edgenet.ensemble.taxonomy import LEVELS, Taxonomy, taxa_of
+from edgenet.ensemble.taxonomy import LEVELS, Taxonomy, five_token_closure, taxa_of
 from edgenet.errors import InputError
 
 __all__ = [
@@ -73,11 +73,23 @@ class Geofence:
         self.map = geofence_map
         self.taxonomy = taxonomy
         self.enabled = enabled
+        self._memo: dict[tuple, bool] = {}
 
     def blocks(self, label: str, country: str | None, admin1_region: str | None) -> bool:
-        """Whether `label` is geofenced (not allowed) at this location."""
+        """Whether `label` is geofenced (not allowed) at this location (memoised)."""
         if not self.enabled or not country:
             return False
+        key = (label, country, admin1_region)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable codes: no memo, same answer/error as below
+            return self._blocks(label, country, admin1_region)
+        result = self._memo[key] = self._blocks(label, country, admin1_region)
+        return result
+
+    def _blocks(self, label: str, country: str, admin1_region: str | None) -> bool:
         # Basic code checks, in the reference's order (they raise before any lookup).
         if len(country) != 3:
             raise InputError(f"Invalid country code {country}",
@@ -121,7 +133,7 @@ class Geofence:
         ancestors = [self.taxonomy.info(label)[1] for label in labels]
         for level in level_indices:
             sums: dict[str, Any] = {}
-            for label_ancestors, score in zip(ancestors, scores):
+            for label_ancestors, score in zip(ancestors, scores, strict=False):
                 rollup_label = label_ancestors[level]
                 if rollup_label:
                     sums[rollup_label] = sums.get(rollup_label, 0.0) + score
@@ -185,16 +197,6 @@ def parent_taxa(taxon: str) -> list[str]:
         if tokens[i]:
             tokens[i] = ""
             out.append(";".join(tokens))
-    return out
-
-
-def _five_token_closure(labels: Sequence[str]) -> set[str]:
-    """5-token taxa of 7-token labels plus all their parents (speciesnet's label list)."""
-    out: set[str] = set()
-    for line in labels:
-        parts = line.split(";")[1:6]
-        for end in range(1, 6):
-            out.add(";".join(parts[:end]) + ";" * (5 - end))
     return out
 
 
@@ -286,7 +288,7 @@ def propagate_rules(geofence: dict, labels: Sequence[str]) -> dict:
                 for country in rule["allow"]:
                     new[parent]["allow"].setdefault(country, [])
     block_rules = {taxon: rule["block"] for taxon, rule in geofence.items() if "block" in rule}
-    all_taxa = _five_token_closure(labels) | set(geofence)
+    all_taxa = five_token_closure(labels) | set(geofence)
     for taxon in list(all_taxa):
         all_taxa.update(parent_taxa(taxon))
     inherited: dict[str, dict] = {}
@@ -302,7 +304,7 @@ def propagate_rules(geofence: dict, labels: Sequence[str]) -> dict:
 
 def trim_to_labels(geofence: dict, labels: Sequence[str]) -> dict:
     """Keep only the rules of taxa that are labels (or parents of labels)."""
-    keep = _five_token_closure(labels)
+    keep = five_token_closure(labels)
     return {taxon: rule for taxon, rule in geofence.items() if taxon in keep}
 
 
@@ -328,7 +330,7 @@ _RANDOM_US_STATES = ("CA", "NY", "TX", "AK", "HI", "ME", "CO", "FL", "WA", "DC")
 def random_geofence(taxonomy_labels: Sequence[str], rng: random.Random, n_rules: int) -> dict:
     """A random geofence with `n_rules` allow/block rules over the given labels.
 
-    Rules are keyed at the species level or at a random higher rank (genus ... class) of
+    Rules are keyed at the species level or at a random higher rank (genus ... kingdom) of
     randomly chosen labels, and name a few countries from a small pool (so that random
     instances hit them) with, for the USA, sometimes a list of states. `rng` is a
     `random.Random` (hypothesis' `st.randoms()` works). The result is in speciesnet's
@@ -342,7 +344,8 @@ def random_geofence(taxonomy_labels: Sequence[str], rng: random.Random, n_rules:
     for _ in range(n_rules):
         taxa = taxa_of(rng.choice(candidates)).split(";")
         depth = max(i + 1 for i, tok in enumerate(taxa) if tok)
-        keep = rng.randint(1, depth)
+        # Mostly species..class; now and then the kingdom (";;;;", the "animal" label).
+        keep = rng.randint(1, depth) if rng.random() > 0.03 else 0
         key = ";".join(taxa[:keep] + [""] * (5 - keep))
         rule_type = rng.choice(("allow", "block"))
         countries = geofence.setdefault(key, {}).setdefault(rule_type, {})

@@ -83,29 +83,47 @@ _TABLE_FILE = "geocoder_cities1000.npz"
 
 
 class _PlaceTable:
-    """The cities1000 table in memory: float64 lat/lon plus cc/admin1 codes."""
+    """The cities1000 table in memory: float64 lat/lon plus cc/admin1 codes.
+
+    Rows are also kept sorted by latitude so a query only scans the latitude band that
+    can hold the nearest place (|dlat| <= distance to a first nearby candidate); the
+    answer is the same as a full scan, ties going to the lowest original row.
+    """
+
+    _WINDOW = 32
 
     def __init__(self) -> None:
-        ref = resources.files("edgenet").joinpath("data", _TABLE_FILE)
+        ref = resources.files("edgenet").joinpath("data").joinpath(_TABLE_FILE)
         with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as npz:
             # int / 1e5 reproduces exactly the double the reference parsed from text.
-            self.lat = npz["lat_e5"].astype(np.float64) / 1e5
-            self.lon = npz["lon_e5"].astype(np.float64) / 1e5
+            lat = npz["lat_e5"].astype(np.float64) / 1e5
+            lon = npz["lon_e5"].astype(np.float64) / 1e5
             self.cc_idx = npz["cc"]
             self.admin1_idx = npz["admin1"]
             self.cc_names = [str(s) for s in npz["cc_names"]]
             self.admin1_names = [str(s) for s in npz["admin1_names"]]
+        self.order = np.argsort(lat, kind="stable")
+        self.lat = lat[self.order]
+        self.lon = lon[self.order]
+
+    def _dist(self, lo: int, hi: int, lat: float, lon: float) -> np.ndarray:
+        # Same arithmetic as scipy's cKDTree for p=2: dlat*dlat + dlon*dlon in float64.
+        dlat = self.lat[lo:hi] - lat
+        dlon = self.lon[lo:hi] - lon
+        return dlat * dlat + dlon * dlon
 
     def nearest(self, lat: float, lon: float) -> int:
-        """Index of the nearest row by squared Euclidean distance in degrees.
-
-        Same arithmetic as scipy's cKDTree for p=2 ((dlat^2) + (dlon^2) in float64); the
-        first minimum wins, and duplicate-coordinate rows are stored in KD-tree order.
-        """
-        dlat = self.lat - lat
-        dlon = self.lon - lon
-        dist = dlat * dlat + dlon * dlon
-        return int(np.argmin(dist))
+        """Original row index of the nearest place (first row among equally near ones)."""
+        n = len(self.lat)
+        i = int(np.searchsorted(self.lat, lat))
+        lo, hi = max(0, i - self._WINDOW), min(n, i + self._WINDOW)
+        radius = math.sqrt(float(self._dist(lo, hi, lat, lon).min()))
+        radius = radius * (1 + 1e-9) + 1e-9  # generous: extra rows only cost time
+        lo = int(np.searchsorted(self.lat, lat - radius, side="left"))
+        hi = int(np.searchsorted(self.lat, lat + radius, side="right"))
+        dist = self._dist(lo, hi, lat, lon)
+        best = np.flatnonzero(dist == dist.min())
+        return int(self.order[lo:hi][best].min())
 
 
 @lru_cache(maxsize=1)

@@ -24,6 +24,8 @@ __all__ = [
     "load_taxonomy_map",
     "read_label_lines",
     "taxa_of",
+    "check_labels_against_taxonomy",
+    "five_token_closure",
 ]
 
 # Taxonomy levels the ensemble can roll up to, from the most specific.
@@ -155,3 +157,63 @@ class Taxonomy:
     def full_class_string(self, label: str) -> str:
         """Geofence key of a label (memoised)."""
         return self.info(label)[0]
+
+
+def five_token_closure(labels: Iterable[str]) -> set[str]:
+    """5-token taxa of 7-token labels plus all of their parent taxa."""
+    out: set[str] = set()
+    for line in labels:
+        parts = line.split(";")[1:6]
+        for end in range(1, 6):
+            out.add(";".join(parts[:end]) + ";" * (5 - end))
+    return out
+
+
+def check_labels_against_taxonomy(labels: list[str], taxonomy: list[str]) -> dict[str, list]:
+    """Compare a classifier labels file with a taxonomy file (both as stripped lines).
+
+    Why: the ensemble rolls labels up through the taxonomy; a label whose taxa (or parent
+    taxa) are missing from the taxonomy can never roll up there, and a roll-up answers
+    with the taxonomy's line (its UUID and common name), not the label's. Returns lists
+    keyed by finding; all empty means the files agree line for line.
+    """
+    by_uuid = {line.split(";")[0]: line for line in taxonomy}
+    tax_taxa: dict[str, list[str]] = {}
+    for line in taxonomy:
+        tax_taxa.setdefault(taxa_of(line), []).append(line)
+    tax_lines = set(taxonomy)
+    report: dict[str, list] = {
+        "malformed_labels": [],
+        "duplicate_label_taxa": [],
+        "taxa_missing_from_taxonomy": [],
+        "parent_taxa_missing_from_taxonomy": [],
+        "same_uuid_different_line": [],
+        "uuid_missing_same_taxa": [],
+        "special_labels_missing": [],
+    }
+    seen: dict[str, str] = {}
+    for line in labels:
+        parts = line.split(";")
+        if len(parts) != 7:
+            report["malformed_labels"].append(line)
+            continue
+        taxa = taxa_of(line)
+        if taxa.replace(";", "") and taxa in seen:
+            report["duplicate_label_taxa"].append((seen[taxa], line))
+        seen.setdefault(taxa, line)
+        if line in tax_lines:
+            continue
+        if taxa not in tax_taxa:
+            report["taxa_missing_from_taxonomy"].append(line)
+        elif parts[0] in by_uuid:
+            report["same_uuid_different_line"].append((line, by_uuid[parts[0]]))
+        else:
+            report["uuid_missing_same_taxa"].append((line, tax_taxa[taxa][-1]))
+    for parent in sorted(five_token_closure(
+            [line for line in labels if len(line.split(";")) == 7])):
+        if parent.replace(";", "") and parent not in tax_taxa:
+            report["parent_taxa_missing_from_taxonomy"].append(parent)
+    for special in Classification:
+        if special.value not in labels:
+            report["special_labels_missing"].append(special.value)
+    return report

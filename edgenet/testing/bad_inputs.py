@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -224,6 +225,19 @@ def make_bad_inputs(dst: Path, *, seed: int = 0) -> dict[str, str]:
         put("Ünïcödé 鹿 élan/caméra été.jpg", PREDICTION), quality=90
     )
 
+    # A file name that is not valid UTF-8 (a Latin-1 byte, as old cameras/FAT cards write
+    # them): Python sees a lone surrogate; predictions must still be written and resumable.
+    if os.name == "posix" and sys.getfilesystemencoding().lower() in ("utf-8", "utf8"):
+        raw = os.fsencode(images) + b"/latin1_caf\xe9.jpg"
+        buf = io.BytesIO()
+        Image.fromarray(_photo(rng, 90, 70)).save(buf, "JPEG", quality=90)
+        try:
+            with open(raw, "wb") as fh:
+                fh.write(buf.getvalue())
+            expected[key(Path(os.fsdecode(raw)))] = PREDICTION
+        except OSError:  # file systems that insist on UTF-8 names (e.g. APFS)
+            pass
+
     # A directory named like an image (the reference's globs match it; loading it fails).
     put("folder_named.jpg", FAILURE).mkdir(exist_ok=True)
 
@@ -251,7 +265,8 @@ def make_bad_inputs(dst: Path, *, seed: int = 0) -> dict[str, str]:
     expected[closed_loopback_url("camera/IMG_0001.JPG")] = FAILURE
     instances = {"instances": [{"filepath": fp} for fp in expected]}
     (dst / "instances.json").write_text(
-        json.dumps(instances, ensure_ascii=False, indent=1), encoding="utf-8"
+        # ensure_ascii: a non-UTF-8 file name (lone surrogate) is written as its \u escape.
+        json.dumps(instances, ensure_ascii=True, indent=1), encoding="utf-8"
     )
     return expected
 

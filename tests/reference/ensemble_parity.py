@@ -174,13 +174,13 @@ class ScenarioGenerator:
         if r < 0.15:
             return out
         country = rng.choice(COUNTRIES + ("USA", "USA", "USA"))
-        if rng.random() < 0.01:
+        if rng.random() < 0.004:
             country = rng.choice(("US", "USAA", ""))  # invalid / empty codes
         out["country"] = country
         r = rng.random()
         if r < 0.4:
             out["admin1_region"] = rng.choice(US_STATES)
-            if rng.random() < 0.01:
+            if rng.random() < 0.004:
                 out["admin1_region"] = "CAL"
         elif r < 0.7:
             out["latitude"], out["longitude"] = rng.choice(PLACES)
@@ -219,11 +219,11 @@ class ScenarioGenerator:
                     det["raw_classifications"] = self.classifications()
                 classified.append(det)
             r = rng.random()
-            if r < 0.02 and classified:
+            if r < 0.003 and classified:  # mismatching detections: the call must fail
                 classified[0]["bbox"][0] = round(classified[0]["bbox"][0] + 0.01, 4)
-            elif r < 0.03 and classified:
+            elif r < 0.005 and classified:
                 classified.pop()
-            elif r < 0.05 and classified:  # within the 1e-4 tolerance: still matching
+            elif r < 0.03 and classified:  # within the 1e-4 tolerance: still matching
                 classified[0]["bbox"][1] = classified[0]["bbox"][1] + 5e-5
             cls_result = {"filepath": filepath, "detections": classified}
         return {"filepath": filepath, "detector": det_result, "classifier": cls_result,
@@ -364,7 +364,8 @@ def compare_results(ours: list[dict], ref: list[dict]) -> list[str]:
         if "ok" in a:
             for pa, pb in zip(a["ok"], b["ok"], strict=True):
                 if json.dumps(pa) != json.dumps(pb):
-                    problems.append(f"call {i}: {json.dumps(pa)[:600]}\n   vs {json.dumps(pb)[:600]}")
+                    problems.append(
+                        f"call {i}: {json.dumps(pa)[:600]}\n   vs {json.dumps(pb)[:600]}")
     return problems
 
 
@@ -435,7 +436,7 @@ def make_inputs(workdir: Path, n_images: int, seed: int, whole_image: bool) -> d
                 # A mismatching pair aborts the whole reference run: keep files matching.
                 cls = {"filepath": cls["filepath"], "detections": [
                     dict(d, bbox=list(o["bbox"])) for d, o in zip(cls["detections"],
-                                                                  det["detections"])]
+                                                                  det["detections"], strict=False)]
                 } if det and "detections" in det and len(cls["detections"]) == len(
                     det["detections"]) else {"filepath": cls["filepath"],
                                              "failures": ["CLASSIFIER"]}
@@ -480,8 +481,31 @@ def run_edgenet_inprocess(paths: dict[str, Path], geofence: bool) -> dict:
     return {"info": {"format_version": "20261015"}, "predictions": _round_floats(preds)}
 
 
-def run_edgenet_cli(paths: dict[str, Path], out: Path, geofence: bool) -> dict:
-    cmd = [sys.executable, "-m", "edgenet.cli", "run", "--model", str(paths["model"]),
+def edgenet_pack_like(paths: dict[str, Path], pack: Path, dst: Path) -> Path:
+    """Copy an edgenet pack and give it the generated taxonomy, geofence and version.
+
+    `edgenet run` validates the whole pack (ONNX files included) even for
+    --ensemble-only, so the speciesnet model folder made here cannot be used directly.
+    """
+    import shutil
+
+    shutil.copytree(pack, dst)
+    info = json.loads((dst / "info.json").read_text(encoding="utf-8"))
+    src_info = json.loads((paths["model"] / "info.json").read_text(encoding="utf-8"))
+    for key in ("taxonomy", "geofence"):
+        shutil.copyfile(paths["model"] / src_info[key], dst / info[key])
+        sums = info.get("edgenet", {}).get("sha256", {})
+        sums.pop(info[key], None)
+    info["version"] = src_info["version"]
+    info["type"] = src_info["type"]
+    (dst / "info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return dst
+
+
+def run_edgenet_cli(paths: dict[str, Path], out: Path, geofence: bool,
+                    pack: Path | None = None) -> dict:
+    model = edgenet_pack_like(paths, pack, out.parent / "edgenet_pack") if pack else paths["model"]
+    cmd = [sys.executable, "-m", "edgenet", "run", "--model", str(model),
            "--ensemble-only", "--instances-json", str(paths["instances"]),
            "--detections-json", str(paths["detections"]),
            "--classifications-json", str(paths["classifications"]),
@@ -530,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-geofence", action="store_true")
     parser.add_argument("--edgenet-cli", action="store_true",
                         help="compare `edgenet run --ensemble-only` instead of Ensemble")
+    parser.add_argument("--edgenet-pack", type=Path,
+                        help="with --edgenet-cli: an edgenet pack to run (its taxonomy, "
+                        "geofence and version are replaced by the generated ones)")
     parser.add_argument("--keep", type=Path, help="keep the generated files here")
     args = parser.parse_args(argv)
     if args.driver:
@@ -548,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
             paths = make_inputs(workdir, args.cases, args.seed + run, args.whole_image)
             ref = run_reference_cli(python, paths, workdir / "ref.json", not args.no_geofence)
             if args.edgenet_cli:
-                ours = run_edgenet_cli(paths, workdir / "edgenet.json", not args.no_geofence)
+                ours = run_edgenet_cli(paths, workdir / "edgenet.json", not args.no_geofence,
+                                       args.edgenet_pack)
             else:
                 ours = run_edgenet_inprocess(paths, not args.no_geofence)
             problems = compare_prediction_files(ours, ref)
