@@ -41,7 +41,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "images" / "speciesnet_test_data"
-DEFAULT_WORK = REPO / "benchmarks" / "out"
+DEFAULT_WORK = REPO / "out" / "benchmarks"  # /out/ is git-ignored
 TOL = 1e-3
 
 

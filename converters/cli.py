@@ -141,6 +141,25 @@ def convert_classifier_cmd(
     typer.echo(json.dumps(_brief(report), indent=1, default=str))
 
 
+def _max_key(tree: Any, key: str) -> float | None:
+    """Largest numeric KEY anywhere in a nested report (its layout varies by builder)."""
+    found: list[float] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == key and isinstance(v, int | float):
+                    found.append(float(v))
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(tree)
+    return max(found) if found else None
+
+
 def _brief(report: dict[str, Any]) -> dict[str, Any]:
     """The report without bulky per-image lists, for the terminal."""
     return {k: v for k, v in report.items() if not (isinstance(v, list) and len(v) > 20)}
@@ -187,8 +206,19 @@ def models_synth_cmd(
     if size not in ("tiny", "full"):
         raise EdgenetError(f"unknown size {size!r}", fix="use --size tiny or --size full")
     out = synth_source_folder(dst, size=size, seed=seed, labels=labels, num_labels=num_labels,
-                              overwrite=force)
+                              overwrite=force, log=_log)
     typer.echo(f"synthetic SpeciesNet folder: {out}")
+    try:
+        report = json.loads((out / "synth_report.json").read_text(encoding="utf-8"))
+        det, cls = report.get("detector", {}), report.get("classifier", {})
+        typer.echo(f"  labels: {report.get('labels')}")
+        typer.echo(f"  detector: {det.get('parameters')} parameters, boxes per image at conf "
+                   f">= 0.1: {det.get('boxes_per_image_at_0.1')}")
+        drift = _max_key(cls.get("drift_fp32_vs_fp64", {}), "max_rel_diff")
+        typer.echo(f"  classifier: {cls.get('params')} parameters, fp32 vs fp64 max relative "
+                   f"logit drift {drift}")
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 @models_app.command("pull")

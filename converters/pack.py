@@ -57,6 +57,13 @@ class ConvertError(EdgenetError):
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a file; of a folder (a SavedModel), over its sorted (name, file sha256) list."""
+    path = Path(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for sub in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{sub.relative_to(path).as_posix()}\0{sha256_file(sub)}\n".encode())
+        return h.hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as fp:
         for chunk in iter(lambda: fp.read(1 << 20), b""):
@@ -340,7 +347,7 @@ def convert_pack(
     started = time.time()
     try:
         det_name = f"{det_src.stem}.onnx"
-        cls_name = f"{cls_src.stem}.onnx"
+        cls_name = f"{cls_src.stem if cls_src.is_file() else cls_src.name}.onnx"
         if det_name == cls_name:
             det_name = f"{det_src.stem}.detector.onnx"
 

@@ -255,11 +255,16 @@ def _fetch_into(url: str, part: Path, progress: ProgressFn | None, timeout: floa
                 return
             part.unlink()
             return _fetch_into(url, part, progress, timeout)
-        raise DownloadError(
-            f"download failed: HTTP {exc.code} {exc.reason} for {url}",
-            fix="check the model name with `edgenet models list` and the base URL variables "
-            f"{ENV_MD_BASE}/{ENV_KAGGLE_BASE}; for Kaggle, the variation/version must exist",
-        ) from None
+        if exc.code in (401, 403):
+            fix = ("the server refused an anonymous download: open the URL in a browser (for "
+                   "Kaggle, sign in and accept the model's terms), download the archive, unpack "
+                   "it and run `edgenet convert pack FOLDER DST`")
+        else:
+            fix = ("check the model name with `edgenet models list` and the base URL variables "
+                   f"{ENV_MD_BASE}/{ENV_KAGGLE_BASE}; for Kaggle, the variation/version must "
+                   "exist")
+        raise DownloadError(f"download failed: HTTP {exc.code} {exc.reason} for {url}",
+                            fix=fix) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         host = urllib.parse.urlsplit(url).netloc

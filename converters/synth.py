@@ -28,6 +28,7 @@ import random
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,11 @@ def generate_labels(n: int = NUM_LABELS, seed: int = 0) -> tuple[list[str], list
         if rng.random() < 0.1:
             labels.append(ancestors[";".join([cls, order, "", "", ""])])
     labels = labels[:target]
+    # The human label is a real species line: its ancestors need taxonomy lines too.
+    _, h_cls, h_order, h_family, h_genus, _, _ = Classification.HUMAN.value.split(";")
+    ancestor(h_cls, h_order)
+    ancestor(h_cls, h_order, h_family)
+    ancestor(h_cls, h_order, h_family, h_genus)
     order_idx = rng.permutation(len(labels) + len(_SPECIALS))
     merged = labels + _SPECIALS
     labels = [merged[i] for i in order_idx]
@@ -206,11 +212,12 @@ def synth_source_folder(
     num_labels: int | None = None,
     calib_images: list[Path] | None = None,
     overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Write a synthetic SpeciesNet model folder at DST (built aside, renamed into place).
 
     LABELS: "auto" (real files from ../shared when present, else generated), "real" (fail if
-    absent) or "generated". NUM_LABELS (generated labels only) defaults to 2498.
+    absent) or "generated". NUM_LABELS (implies generated labels) defaults to 2498.
     """
     if size not in SIZES:
         raise EdgenetError(f"unknown size {size!r}", fix="use --size tiny or --size full")
@@ -228,7 +235,12 @@ def synth_source_folder(
     if labels == "real" and not real:
         raise EdgenetError("real SpeciesNet labels not found", path=data,
                            fix="use --labels generated")
-    use_real = real and labels != "generated"
+    if num_labels is not None and labels == "real":
+        raise EdgenetError("--num-labels only applies to generated labels",
+                           fix="drop --num-labels, or use --labels generated")
+    # Asking for a label count means asking for generated labels.
+    use_real = real and labels != "generated" and num_labels is None
+    say = log or (lambda _msg: None)
     images = calibration_image_paths() if calib_images is None else list(calib_images)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +263,9 @@ def synth_source_folder(
                                          encoding="utf-8")
 
         det_name = f"md_v5a_synth_{size}.pt"
+        say(f"building the {size} detector ({len(images)} calibration images available)")
         det_info = build_synthetic_megadetector(tmp / det_name, size, images, seed=seed)
+        say(f"building the {size} classifier ({len(label_lines)} labels; .keras, .h5, .pt)")
         cls_info = build_synthetic_classifier(tmp, size, len(label_lines), images, seed=seed)
         files = cls_info["files"]
         info = {

@@ -35,6 +35,7 @@ from converters.efficientnet import (
     IMG_SIZE,
     build_classifier,
     compare_logits,
+    fidelity_failures,
     generated_crops,
     load_crops,
 )
@@ -110,6 +111,14 @@ def build_synthetic_classifier(
             info["files"]["pt"] = stage.pop("files_pt")
             info.update(stage)
             info["seconds"]["torch_process"] = round(time.monotonic() - t0, 1)
+        # The three files must hold the same model: fail rather than hand out a mismatch.
+        for key in ("h5_vs_keras", "pt_vs_keras"):
+            problems = fidelity_failures(info[key]) if key in info else []
+            if problems:
+                raise ConversionError(
+                    f"synthetic classifier: {key} out of tolerance: " + "; ".join(problems),
+                    path=dst_dir, fix="report this; rerun with another --seed meanwhile",
+                )
         if "keras" not in formats:
             (dst_dir / info["files"]["keras"]).unlink(missing_ok=True)
             info["files"].pop("keras")

@@ -46,10 +46,11 @@ NAMES = ["animal", "person", "vehicle"]
 # and fp32 errors amplified far beyond what a trained model shows.
 _XY = (3.0, 0.0)
 _WH = (2.0, 0.0)  # box sides within [0.03, 3.6] x anchor on the calibration images
-_OBJ_MAX = 12.0  # mean set by bisection on the number of boxes
+_OBJ_STD = 2.0  # objectness logits: standard deviation; offset set by bisection
 _CLS = [(3.0, 2.0), (3.0, -1.0), (3.0, -2.5)]  # animal, person, vehicle
-_BN_GAMMA = (0.5, 0.9)
-_RESIDUAL_GAMMA = (0.1, 0.3)
+_BN_GAMMA = (0.1, 0.25)
+_BN_BETA = 0.05
+_RESIDUAL_GAMMA = (0.03, 0.1)
 
 
 def _calibration_arrays(calib_images: Sequence[Path], limit: int, seed: int
@@ -97,57 +98,56 @@ def _generated_scenes(count: int, seed: int, size: tuple[int, int] = (720, 960)
     return out
 
 
-def _square_batch(arrays: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Letterbox every image into a SIZE x SIZE square (pad 114) -> (N, 3, S, S) float32."""
+def _canvas_batch(arrays: Sequence[np.ndarray], canvas: tuple[int, int]) -> np.ndarray:
+    """Letterbox every image onto an (H, W) canvas (scale to fit, pad 114) -> NCHW float32.
+
+    Same scale and interpolation as yolov5's letterbox at 1280 for 4:3 images (which fill a
+    960 x 1280 canvas exactly), so the statistics are those the model sees at inference.
+    """
     import cv2
 
+    ch, cw = canvas
     out = []
     for rgb in arrays:
         h, w = rgb.shape[:2]
-        r = size / max(h, w)
+        r = min(ch / h, cw / w)
         nw, nh = max(1, int(round(w * r))), max(1, int(round(h * r)))
         im = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        im = cv2.copyMakeBorder(im, top, size - nh - top, left, size - nw - left,
+        top, left = (ch - nh) // 2, (cw - nw) // 2
+        im = cv2.copyMakeBorder(im, top, ch - nh - top, left, cw - nw - left,
                                 cv2.BORDER_CONSTANT, value=(114, 114, 114))
         out.append(im)
     return (np.stack(out).transpose(0, 3, 1, 2) / 255).astype(np.float32)
 
 
-def _calibrate_batchnorm(model: Any, batch: np.ndarray) -> None:
-    """Set every BatchNorm's running stats to those of its own inputs on BATCH (one pass)."""
+def _calibrate_batchnorm(model: Any, batch: np.ndarray) -> list[list[Any]]:
+    """Set every BatchNorm's running stats to those of its own inputs on BATCH (one pass).
+
+    Returns the feature maps that entered Detect in that pass, one list per image: with
+    running stats equal to the batch's, they are the eval-mode features (up to the
+    unbiased/biased variance factor N/(N-1), N >= 900), so the head is tuned without a
+    second pass over the (slow, for the full model) network.
+    """
     import torch
 
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average: one batch -> exactly its statistics
-    model.train()
-    with torch.no_grad():
-        model(torch.from_numpy(batch))
-    for bn in bns:
-        bn.momentum = 0.03
-    model.eval()
-
-
-def _head_inputs(model: Any, inputs: Sequence[np.ndarray]) -> list[list[Any]]:
-    """The feature maps entering Detect for each input (captured by a pre-hook)."""
-    import torch
-
     det = model.model[-1]
-    captured: list[list[Any]] = []
-
-    def hook(_module: Any, args: tuple[Any, ...]) -> None:
-        captured.append([t.detach().clone() for t in args[0]])
-
-    handle = det.register_forward_pre_hook(hook)
+    captured: list[Any] = []
+    handle = det.register_forward_pre_hook(
+        lambda _m, args: captured.extend(t.detach().clone() for t in args[0]))
+    model.train()
     try:
         with torch.no_grad():
-            for x in inputs:
-                model(torch.from_numpy(x))
+            model(torch.from_numpy(batch))
     finally:
         handle.remove()
-    return captured
+        for bn in bns:
+            bn.momentum = 0.03
+        model.eval()
+    return [[t[b:b + 1] for t in captured] for b in range(batch.shape[0])]
 
 
 def _decode(det: Any, feats: list[Any]) -> np.ndarray:
@@ -171,7 +171,7 @@ def _obj_logits(det: Any, feats: list[Any]) -> np.ndarray:
     return torch.cat(out, 1).numpy()
 
 
-def _count_raw(raw: np.ndarray, thr: float, cap: int = 3000) -> list[int]:
+def _count_raw(raw: np.ndarray, thr: float, cap: int = 1000) -> list[int]:
     """Detections at or above THR after yolov5 NMS per image (CAP when candidates exceed it)."""
     from converters.detector import torch_nms
 
@@ -214,14 +214,19 @@ def _condition_head(model: Any, features: list[list[Any]], target_boxes: float) 
             # A channel with (nearly) constant input would need a huge gain, which would also
             # amplify fp32 rounding: floor its spread at a quarter of the level's median.
             spread = spread.clamp_min(0.25 * float(spread.median()) + 1e-12)
+            std = pre.std(1)
+            std = std.clamp_min(0.25 * float(std.median()) + 1e-12)
             for c in range(conv.out_channels):
                 k = c % no
                 if k < 2:
                     t_max, t_mean = _XY
                 elif k < 4:
                     t_max, t_mean = _WH
-                elif k == 4:
-                    t_max, t_mean = _OBJ_MAX, 0.0
+                elif k == 4:  # by std: the tail decides the boxes, the bulk must stay low
+                    scale = _OBJ_STD / float(std[c])
+                    conv.weight[c] *= scale
+                    conv.bias[c] = -float(mean[c]) * scale
+                    continue
                 else:
                     t_max, t_mean = _CLS[(k - 5) % len(_CLS)]
                 scale = t_max / float(spread[c])
@@ -233,24 +238,26 @@ def _condition_head(model: Any, features: list[list[Any]], target_boxes: float) 
         decoded = [_decode(det, feats) for feats in features]
         logits = [_obj_logits(det, feats) for feats in features]
 
-        def count(offset: float) -> float:
-            # The median image, not the mean: a mean would let the highest-contrast image
-            # take all the boxes.
-            counts = []
+        def counts(offset: float) -> list[int]:
+            out: list[int] = []
             for raw, lg in zip(decoded, logits, strict=True):
                 raw = raw.copy()
                 raw[..., 4] = 1 / (1 + np.exp(-np.clip(lg + offset, -80, 80)))
-                counts += _count_raw(raw, 0.1)
-            return float(np.median(counts))
+                out += _count_raw(raw, 0.1)
+            return out
 
-        lo, hi = -60.0, 20.0  # count(lo) ~ 0, count(hi) large
-        for _ in range(24):
-            mid = (lo + hi) / 2
-            if count(mid) > target_boxes:
-                hi = mid
-            else:
-                lo = mid
-        offset = hi if abs(count(hi) - target_boxes) <= abs(count(lo) - target_boxes) else lo
+        def miss(offset: float) -> float:
+            # Balanced over images (log ratio to the target, never a mean count): random
+            # features scale with image contrast, and a mean would let the highest-contrast
+            # image take hundreds of boxes while night shots get none.
+            c = np.asarray(counts(offset), np.float64)
+            return float(np.mean(np.abs(np.log((1 + c) / (1 + target_boxes)))))
+
+        grid = np.arange(-60.0, 20.0, 1.0)
+        scores = [miss(o) for o in grid]
+        best = float(grid[int(np.argmin(scores))])
+        fine = np.arange(best - 1.0, best + 1.0, 0.125)
+        offset = float(fine[int(np.argmin([miss(o) for o in fine]))])
         for conv, b in zip(det.m, base, strict=True):
             conv.bias[obj_idx] = b + offset
     return {"objectness_offset": round(offset, 4)}
@@ -284,20 +291,21 @@ def _fresh_grids(model: Any) -> None:
 def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
                                  calib_images: Sequence[Path] = (), seed: int = 0, *,
                                  half: bool = True, model_class_name: str = "DetectionModel",
-                                 target_boxes: float = 4.0, bn_images: int | None = None,
-                                 bn_size: int | None = None, head_images: int | None = None,
-                                 drift_check: bool = True, drift_size: int | None = None
-                                 ) -> dict[str, Any]:
+                                 target_boxes: float = 4.0, calib_count: int | None = None,
+                                 canvas: tuple[int, int] = (960, 1280), drift_check: bool = True,
+                                 drift_crop: int | None = None) -> dict[str, Any]:
     """Write a MegaDetector-format checkpoint with conditioned random weights; return info.
 
     size "full" is YOLOv5x6 (depth 1.33, width 1.25, P3-P6, strides 8/16/32/64, 3 classes,
     ~140M parameters); "tiny" shrinks depth/width but keeps every layer type. `calib_images`
-    are real camera-trap images (generated scenes are used when none decode). BatchNorm
-    statistics use `bn_images` images letterboxed to `bn_size` squares; the head is tuned on
-    `head_images` images letterboxed as speciesnet does (1280, stride 64); the fp32-vs-fp64 drift
-    is measured on the first image letterboxed to `drift_size`. `half` stores fp16
-    like MegaDetector's release files. The info dict reports parameters, per-image box counts
-    and the fp32-vs-fp64 drift of the stored model as speciesnet runs it (`.float()`).
+    are real camera-trap images (generated scenes are used when none decode); `calib_count` of
+    them (default 2 full, 4 tiny), letterboxed onto a `canvas` (H, W) at the real input scale
+    (BatchNorm statistics taken at a reduced resolution do not hold at 1280: the P6 maps and
+    SPPF pooling see different structures), serve both the BatchNorm statistics and the head.
+    `half` stores fp16 like MegaDetector's release files. The info dict reports parameters,
+    box counts per calibration image and the fp32-vs-fp64 drift of the stored model as
+    speciesnet runs it (`.float()`), measured on a `drift_crop` square crop of the first image
+    at full scale (the whole image for tiny; 640 px for full, since fp64 is slow on CPU).
     """
     import torch
 
@@ -308,10 +316,8 @@ def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     t0 = time.time()
     full = size == "full"
-    bn_images = bn_images or (4 if full else 6)
-    bn_size = bn_size or (320 if full else 640)
-    head_images = head_images or (2 if full else 4)
-    drift_size = drift_size or (640 if full else 1280)
+    calib_count = calib_count or (2 if full else 4)
+    drift_crop = drift_crop if drift_crop is not None else (640 if full else 0)
     torch.manual_seed(seed)
     gd, gw = SIZES[size]
     model = DetectionModel(yolov5_p6_cfg(gd, gw, nc=len(NAMES)))
@@ -322,7 +328,7 @@ def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.copy_(torch.empty_like(m.weight).uniform_(*_BN_GAMMA, generator=gen))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * _BN_BETA)
         # Residual branches start small, as in trained CSP nets: with unit-gain branches every
         # Bottleneck doubles the variance of rounding errors and fp32 drifts ~50x further
         # from fp64 over the network than with damped branches.
@@ -332,16 +338,14 @@ def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
                 bn.weight.copy_(torch.empty_like(bn.weight).uniform_(*_RESIDUAL_GAMMA,
                                                                      generator=gen))
 
-    arrays, used = _calibration_arrays(list(calib_images), max(bn_images, head_images), seed)
+    arrays, used = _calibration_arrays(list(calib_images), calib_count, seed)
     t_bn = time.time()
-    _calibrate_batchnorm(model, _square_batch(arrays[:bn_images], bn_size))
+    features = _calibrate_batchnorm(model, _canvas_batch(arrays, canvas))
     bn_s = time.time() - t_bn
     if half:
         model.half().float()
 
     t_head = time.time()
-    head_inputs = [to_nchw(letterbox_rgb(a)) for a in arrays[:head_images]]
-    features = _head_inputs(model, head_inputs)
     head_info = _condition_head(model, features, target_boxes)
     if half:
         model.half().float()
@@ -351,9 +355,12 @@ def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
     counts_01 = _count_boxes(det, features, 0.1)
     counts_001 = _count_boxes(det, features, 0.01)
     drift = None
-    if drift_check:  # fp64 costs ~2x fp32: the full model is checked on a 640 letterbox
-        x = head_inputs[0] if drift_size == 1280 else to_nchw(letterbox_rgb(arrays[0],
-                                                                            drift_size))
+    if drift_check:  # fp64 costs ~2x fp32: the full model is checked on a crop
+        x = to_nchw(letterbox_rgb(arrays[0]))
+        if drift_crop:
+            h, w = x.shape[2:]
+            top, left = max(0, (h - drift_crop) // 2) // 64 * 64, max(0, (w - drift_crop) // 2)
+            x = np.ascontiguousarray(x[:, :, top:top + drift_crop, left:left + drift_crop])
         drift = _drift(model, x)
 
     _fresh_grids(model)
@@ -392,9 +399,9 @@ def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
         "pickled_model_class": f"models.yolo.{model_class_name}",
         "seed": seed,
         "calibration_images": used,
-        "bn_calibration": {"images": min(bn_images, len(arrays)), "size": bn_size,
-                           "seconds": round(bn_s, 2)},
-        "head": {**head_info, "images": len(features), "target_boxes_at_0.1": target_boxes,
+        "calibration": {"images": len(arrays), "canvas": list(canvas),
+                        "bn_seconds": round(bn_s, 2)},
+        "head": {**head_info, "target_boxes_at_0.1": target_boxes,
                  "seconds": round(head_s, 2)},
         "boxes_per_image_at_0.1": counts_01,
         "boxes_per_image_at_0.01": counts_001,

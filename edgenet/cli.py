@@ -438,12 +438,18 @@ def demo(
     images: Annotated[
         Path | None, typer.Option(help="Image folder (default: ../shared/images or generated).")
     ] = None,
+    max_images: Annotated[
+        int, typer.Option(help="Process at most this many images (0: all).")
+    ] = 16,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run the full pipeline with the bundled tiny SYNTHETIC pack (offline smoke test)."""
     from edgenet.demo import run_demo
 
-    code = run_demo(output=output, images=images, quiet=quiet, echo=typer.echo)
+    code = run_demo(
+        output=output, images=images, quiet=quiet, echo=typer.echo,
+        max_images=max_images if max_images > 0 else None,
+    )
     if code:
         raise typer.Exit(code)
 
@@ -488,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_INTERRUPTED
+    except OSError as err:
+        # A file edgenet needs cannot be read or written (permissions, missing, full disk):
+        # user-fixable, so one message and exit 2 rather than a traceback.
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        _err(f"{where}{err.strerror or err}\n  fix: check the path and its permissions")
+        return EXIT_USER_ERROR
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
     except Exception as err:  # click usage errors and exits in non-standalone mode

@@ -89,8 +89,13 @@ def run_demo(
     images: Path | None = None,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
+    max_images: int | None = 16,
 ) -> int:
-    """Run the demo; returns an exit code (0 ok, 2 when the demo pack is missing)."""
+    """Run the demo; returns an exit code (0 ok, 2 when the demo pack is missing).
+
+    At most `max_images` images (the first in discovery order; None = all) keep the demo to
+    seconds on a laptop CPU.
+    """
     from edgenet import pipeline
     from edgenet.instances import prepare_instances
     from edgenet.progress import ProgressBar
@@ -116,6 +121,9 @@ def run_demo(
     echo(f"pack: {pack_dir}")
     echo(f"images: {source}")
     instances = prepare_instances(folders=[str(folder)])
+    if max_images is not None and len(instances) > max_images:
+        echo(f"using the first {max_images} of {len(instances)} images (--max-images)")
+        instances = instances[:max_images]
     out_json = output / "predictions.json"
     config = pipeline.PipelineConfig(
         instances=instances,

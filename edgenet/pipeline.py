@@ -944,6 +944,11 @@ class PipelineRun:
                 self._geolocation(item),
             )
         self.results[fp] = result
+        # Drop per-image working state: only the result is kept, so memory grows by one
+        # prediction per image and nothing else.
+        item.image = item.letterboxed = item.crops = None
+        item.detector_result = item.detections = None
+        item.classifications = []
         if self._first_done is None:
             self._first_done = time.perf_counter() - self._start
         if self.config.progress is not None:

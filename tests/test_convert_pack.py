@@ -416,3 +416,38 @@ print(json.dumps({{"n_det": len(d.get("detections", [])), "cls": c}}))
     assert "failures" not in out["cls"]
     crops = out["cls"]["classifications_list"]
     assert len(crops) == 2 and all(len(c["classes"]) == 5 for c in crops)
+
+
+def test_generated_labels_and_geofence_are_consistent() -> None:
+    """Fast check of the generated label set (no frameworks): specials, uniqueness,
+    ancestors in the taxonomy, a geofence with allow and block rules on known taxa."""
+    from converters.synth import generate_labels, make_geofence
+
+    labels, taxonomy = generate_labels(300, seed=3)
+    assert len(labels) == 300 and len(set(labels)) == 300
+    assert len({lb.split(";")[0] for lb in taxonomy}) == len(taxonomy)  # unique UUIDs
+    assert "f1856211-cfb7-4a5b-9158-c0f72fd09ee6;;;;;;blank" in labels
+    assert "990ae9dd-7a59-4344-afcb-1b7b21368000;mammalia;primates;hominidae;homo;sapiens;human" \
+        in labels
+    assert set(labels) <= set(taxonomy)
+    taxa = {";".join(t.split(";")[1:6]) for t in taxonomy}
+    levels = {"species": 0, "genus": 0, "higher": 0}
+    for lb in labels:
+        f = lb.split(";")
+        if f[5]:
+            levels["species"] += 1
+            for depth in range(1, 5):  # genus, family, order, class ancestors
+                assert ";".join(f[1:1 + depth] + [""] * (5 - depth)) in taxa, lb
+        elif f[4]:
+            levels["genus"] += 1
+        elif f[1]:
+            levels["higher"] += 1
+    assert levels["species"] > 200 and levels["genus"] > 0 and levels["higher"] > 0
+    assert generate_labels(300, seed=3) == (labels, taxonomy)  # reproducible
+    geofence = make_geofence(labels, seed=0, n_rules=40)
+    kinds = {k for rule in geofence.values() for k in rule}
+    assert kinds == {"allow", "block"}
+    for key, rule in geofence.items():
+        assert key in taxa
+        for countries in rule.values():
+            assert all(len(c) == 3 for c in countries)

@@ -101,3 +101,32 @@ def test_kill_resume_full(pack, tmp_path) -> None:
     report = kill_resume.run_kill_resume(images=300, kills=20, model=pack, workdir=tmp_path,
                                          seed=20261126)
     _check(report, kills=20, images=300)
+
+
+def test_sigterm_saves_and_exits_nonzero(pack, tmp_path) -> None:
+    """SIGTERM to the main process only (a service manager, `kill PID`): same as Ctrl-C."""
+    folder = tmp_path / "images"
+    make_image_set(folder, 30, seed=4)
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "edgenet", "run", "--model", str(pack), "--folders",
+           str(folder), "--predictions-json", str(out), "--checkpoint-every-images", "1",
+           "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (kill_resume._done_count(out) < 3 and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        assert proc.poll() is None, "finished before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode not in (0, None), stderr
+        assert "Traceback" not in stderr
+        assert "interrupted" in stderr and "saved" in stderr, stderr
+        data = json.loads(out.read_text(encoding="utf-8"))
+        assert len(data["predictions"]) == 30
+        assert kill_resume._done_count(out) >= 3
+        assert kill_resume._wait_group_gone(proc.pid, kill_resume.ORPHAN_WAIT_S)
+    finally:
+        kill_resume._kill_group(proc.pid)

@@ -207,32 +207,36 @@ def _unprivileged_prefix(workdir: Path) -> list[str] | None:
 
 def test_unreadable_file_is_a_failure(bad) -> None:
     """chmod 000 gives a failure entry. Root reads anything, so as root run edgenet as uid
-    65534 (setpriv); decode in-process (`--workers 0`) since spawned workers re-exec the
-    interpreter, whose path may not be reachable by that uid."""
-    unreadable = (bad["images"] / "unreadable.jpg").as_posix()
+    65534 (setpriv) on copies in a world-readable temp folder; decode in-process
+    (`--workers 0`) since spawned workers re-exec the interpreter, whose path may not be
+    reachable by that uid."""
     if not running_as_root():
-        assert bad["expected"][unreadable] == FAILURE
+        assert bad["expected"][(bad["images"] / "unreadable.jpg").as_posix()] == FAILURE
     workdir = Path(tempfile.mkdtemp(prefix="edgenet-unpriv-"))
     try:
-        os.chmod(workdir, 0o777)
+        os.chmod(workdir, 0o755)
+        pack = workdir / "pack"
+        shutil.copytree(bad["pack"], pack)
+        image = workdir / "unreadable.jpg"
+        shutil.copy(bad["images"] / "normal.jpg", image)
+        os.chmod(image, 0)
+        outdir = workdir / "out"
+        outdir.mkdir()
+        os.chmod(outdir, 0o777)
         prefix = None
         if running_as_root():
             prefix = _unprivileged_prefix(workdir)
             if prefix is None:
                 pytest.skip("running as root and cannot drop privileges (setpriv)")
-            # uid 65534 must reach the pack and the image's folder (pytest's tmp is 0700).
-            for parent in [bad["root"], *bad["root"].parents]:
-                if parent == Path("/"):
-                    break
-                os.chmod(parent, os.stat(parent).st_mode | 0o005)
-        out = workdir / "out.json"
-        proc = run_edgenet("run", "--model", str(bad["pack"]), "--filepaths", unreadable,
+        out = outdir / "out.json"
+        proc = run_edgenet("run", "--model", str(pack), "--filepaths", image.as_posix(),
                            "--workers", "0", "--predictions-json", str(out), "--quiet",
-                           cwd=workdir, prefix=prefix)
+                           cwd=outdir, prefix=prefix)
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
-        check_predictions(out, {unreadable: FAILURE})
+        check_predictions(out, {image.as_posix(): FAILURE})
     finally:
+        restore_permissions(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -116,6 +116,10 @@ def build_tiny_pack(root: Path, pack_type: str = "always_crop") -> Path:
         "geofence": "geofence.json",
     }
     (root / "info.json").write_text(json.dumps(info), encoding="utf-8")
+    # World-readable whatever the umask: some tests run edgenet as an unprivileged user.
+    root.chmod(0o755)
+    for path in root.iterdir():
+        path.chmod(0o644)
     return root
 
 

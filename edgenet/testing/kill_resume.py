@@ -171,12 +171,17 @@ def _check_file(path: Path, filepaths: set[str]) -> str | None:
 
 
 def _done_count(path: Path) -> int:
-    """Predictions without failures (finished images) in the file, 0 when absent."""
+    """Images the file shows as processed (decoded and detected), 0 when absent.
+
+    Pending images appear as failure placeholders with a "DETECTOR" failure; a processed
+    image may still carry a "CLASSIFIER" failure (e.g. a degenerate crop), so "processed"
+    means: no "DETECTOR" failure.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return 0
-    return sum(1 for p in data["predictions"] if not p.get("failures"))
+    return sum(1 for p in data["predictions"] if "DETECTOR" not in (p.get("failures") or []))
 
 
 def run_kill_resume(
