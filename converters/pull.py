@@ -102,11 +102,16 @@ def packs_dir(home: Path | None = None) -> Path:
 
 
 def manifest_path() -> Path:
-    """`$EDGENET_KNOWN_MODELS`, else `models/known_models.json` of this checkout."""
+    """`$EDGENET_KNOWN_MODELS`, else `models/known_models.json` of this checkout, else the copy
+    a wheel install puts in `<prefix>/share/edgenet/models/` (pyproject's data-files)."""
     env = os.environ.get(ENV_MANIFEST)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1] / "models" / "known_models.json"
+    checkout = Path(__file__).resolve().parents[1] / "models" / "known_models.json"
+    if checkout.is_file():
+        return checkout
+    installed = Path(sys.prefix) / "share" / "edgenet" / "models" / "known_models.json"
+    return installed if installed.is_file() else checkout
 
 
 def load_manifest(path: Path | None = None) -> dict[str, KnownModel]:

@@ -131,17 +131,20 @@ def generate_labels(n: int = NUM_LABELS, seed: int = 0) -> tuple[list[str], list
         if rng.random() < 0.1:
             labels.append(ancestors[";".join([cls, order, "", "", ""])])
     labels = labels[:target]
-    # The human label is a real species line: its ancestors need taxonomy lines too.
-    _, h_cls, h_order, h_family, h_genus, _, _ = Classification.HUMAN.value.split(";")
-    ancestor(h_cls, h_order)
-    ancestor(h_cls, h_order, h_family)
-    ancestor(h_cls, h_order, h_family, h_genus)
     order_idx = rng.permutation(len(labels) + len(_SPECIALS))
     merged = labels + _SPECIALS
     labels = [merged[i] for i in order_idx]
     taxonomy = set(labels) | set(ancestors.values()) | set(_SPECIALS)
     for cls in classes:
         taxonomy.add(f"{_uuid(rng)};{cls};;;;;{cls}")
+    # The human label is a real species line: its ancestors need taxonomy lines too (drawn
+    # last so the rest of the output does not depend on them).
+    _, h_cls, h_order, h_family, h_genus, _, _ = Classification.HUMAN.value.split(";")
+    known = set(ancestors)
+    ancestor(h_cls, h_order)
+    ancestor(h_cls, h_order, h_family)
+    ancestor(h_cls, h_order, h_family, h_genus)
+    taxonomy |= {line for taxa, line in ancestors.items() if taxa not in known}
     return labels, sorted(taxonomy)
 
 

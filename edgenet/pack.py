@@ -314,7 +314,7 @@ class ModelPack:
             f"pack has no {precision} models (it has: {have})",
             path=self.root / "info.json",
             fix=f"run without --precision {precision}, or build the variant with "
-            "`edgenet convert pack ... --precision " + precision + "`",
+            "`edgenet convert pack SRC DST --variants " + precision + "`",
         )
 
     @classmethod
@@ -400,7 +400,7 @@ def _load(root: Path, verify: bool) -> ModelPack:
                     "this is not an edgenet pack; " + GET_A_PACK)
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise _fail(info_path, f"info.json is not valid JSON ({e})",
                     "fix the file or re-create the pack with `edgenet convert pack`") from e
     except OSError as e:

@@ -424,6 +424,8 @@ def test_onnx_with_unknown_operator(env, tmp_path, capsys) -> None:
         ("info_bad_type", "type"),
         ("geofence_not_json", "geofence"),
         ("missing_detector", "detector"),
+        ("info_nested_too_deeply", "info.json"),
+        ("geofence_nested_too_deeply", "geofence"),
     ],
 )
 def test_broken_pack_files(env, tmp_path, capsys, case, says) -> None:
@@ -441,6 +443,10 @@ def test_broken_pack_files(env, tmp_path, capsys, case, says) -> None:
     elif case == "geofence_not_json":
         named = pack / "geofence.json"
         named.write_text('{"a": {"allow": ', encoding="utf-8")
+    elif case in ("info_nested_too_deeply", "geofence_nested_too_deeply"):
+        # Valid JSON that Python's parser refuses with RecursionError.
+        named = pack / ("info.json" if case.startswith("info") else "geofence.json")
+        named.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
     elif case == "missing_detector":
         named = pack / "detector.onnx"
         named.unlink()

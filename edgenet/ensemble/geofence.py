@@ -57,7 +57,7 @@ def load_geofence_map(path: str | Path) -> dict:
     except OSError as exc:
         raise InputError(f"cannot read geofence file: {exc.strerror}", path=path,
                          fix="check the path in the pack's info.json") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InputError(f"geofence file is not valid JSON ({exc})", path=path,
                          fix="restore the geofence file from the model pack") from exc
     if not isinstance(data, dict):
