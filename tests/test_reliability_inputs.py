@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -156,18 +155,37 @@ def test_bad_instances_json_runs_to_completion(bad, tmp_path) -> None:
 
 
 def _run_with_rusage(cmd: list[str], timeout: float) -> tuple[int, str, int]:
-    """Run `cmd`; return (exit code, stderr, peak RSS in kB of that process) via wait4."""
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
+    """Run `cmd`; return (exit code, stderr, peak RSS in kB of that process) via wait4.
+
+    Linux carries the parent's RSS high-water mark across fork+exec into the child's
+    ru_maxrss, and this pytest process may hold gigabytes (torch, tensorflow from other tests).
+    So `cmd` is started from a small freshly exec'd launcher whose wait4 sees only `cmd`.
+    """
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as report:
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, *cmd],
+            stdout=report, stderr=err, stdin=subprocess.DEVNULL,
+        )
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            launcher.wait(timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
+        report.seek(0)
+        code_text, _, rss_text = report.read().decode().strip().partition(" ")
         err.seek(0)
-        return proc.returncode, err.read().decode("utf-8", "replace"), usage.ru_maxrss
+        return int(code_text), err.read().decode("utf-8", "replace"), int(rss_text)
+
+
+_LAUNCHER = f"""
+import os, subprocess, sys, threading
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+timer = threading.Timer({TIMEOUT_S!r}, proc.kill)
+timer.start()
+_, status, usage = os.wait4(proc.pid, 0)
+timer.cancel()
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
 
 
 @pytest.mark.skipif(not hasattr(os, "wait4"), reason="needs os.wait4 (POSIX)")
