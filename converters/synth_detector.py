@@ -7,24 +7,16 @@ through ~100 layers, fp32 and fp64 runs then disagree by whole pixels, and the h
 either nothing or thousands of boxes. So the random network is *conditioned* on real
 camera-trap images:
 
-1. BatchNorm scales are small (gamma 0.1-0.25, residual branches 0.03-0.1). Measured here:
-   with BatchNorm subtracting the mean, a conv+BN+SiLU layer at gamma ~0.7 amplifies
-   perturbations by ~1.2x (mean-field gain (1+q)/(1+q/2), q = gamma^2), so rounding errors
-   grow ~1000x through YOLOv5x6's neck and fp32 differs from fp64 by ~1 px and ~1e-3 in
-   scores; at gamma ~0.2 SiLU works near its linear range, the gain is ~1 and the full
-   model's fp32-vs-fp64 drift is ~1e-6 relative.
-2. BatchNorm statistics are recalibrated on real images at the real input scale, layer by
-   layer in one pass: every BatchNorm runs in training mode with cumulative averaging
-   (momentum None) over one batch, so each layer normalises with, and stores, the statistics
-   of exactly the activations it sees given the already-normalised layers before it.
-3. The weights are rounded to fp16 (MegaDetector's release files are fp16; the fidelity
+1. BatchNorm statistics are recalibrated on real images, layer by layer in one pass: every
+   BatchNorm runs in training mode with cumulative averaging (momentum None) over one batch,
+   so each layer normalises with, and stores, the statistics of exactly the activations it
+   sees given the already-normalised layers before it. Activations keep unit-ish scale.
+2. The weights are rounded to fp16 (MegaDetector's release files are fp16; the fidelity
    reference is then `checkpoint["model"].float()`, exactly what speciesnet runs).
-4. Each Detect output channel is rescaled and biased on the features of that same pass: box
-   offsets get bounded logits, objectness a spread whose offset is searched so the
-   calibration images get about `target_boxes` boxes at conf >= 0.1 after yolov5 NMS
-   (balanced in log ratio over images), class scores favour animal > person > vehicle.
-   Known limit: random features scale with image contrast, so bright day shots get more
-   boxes than dark infrared ones (some of which get none).
+3. Each Detect output channel is rescaled and biased on features of real letterboxed images
+   at the real input size: box offsets get logits of unit scale, objectness a wide spread
+   whose offset is found by bisection so the images give a handful of boxes at conf >= 0.1
+   after yolov5 NMS, and class scores favour "animal" over "person" over "vehicle".
 
 The checkpoint is a `torch.save` dict like MegaDetector's (`model` in fp16, epoch -1,
 optimizer None, ...) whose pickled classes are `models.yolo.DetectionModel`,
@@ -54,15 +46,10 @@ NAMES = ["animal", "person", "vehicle"]
 # and fp32 errors amplified far beyond what a trained model shows.
 _XY = (3.0, 0.0)
 _WH = (2.0, 0.0)  # box sides within [0.03, 3.6] x anchor on the calibration images
-_OBJ_MAX = 8.0  # objectness logits: largest deviation; offset set by a search
+_OBJ_MAX = 12.0  # mean set by bisection on the number of boxes
 _CLS = [(3.0, 2.0), (3.0, -1.0), (3.0, -2.5)]  # animal, person, vehicle
-# BatchNorm affine parameters (see point 1 of the module docstring: small gammas keep the
-# random network out of the chaotic regime, so fp32 stays close to fp64).
-_BN_GAMMA = (0.1, 0.25)
-_BN_BETA = 0.05
-_RESIDUAL_GAMMA = (0.03, 0.1)
-# BatchNorm variance floor, as a fraction of the layer's median variance (see _calibrate_batchnorm).
-_VAR_FLOOR = 0.1
+_BN_GAMMA = (0.5, 0.9)
+_RESIDUAL_GAMMA = (0.1, 0.3)
 
 
 def _calibration_arrays(calib_images: Sequence[Path], limit: int, seed: int
@@ -110,66 +97,57 @@ def _generated_scenes(count: int, seed: int, size: tuple[int, int] = (720, 960)
     return out
 
 
-def _canvas_batch(arrays: Sequence[np.ndarray], canvas: tuple[int, int]) -> np.ndarray:
-    """Letterbox every image onto an (H, W) canvas (scale to fit, pad 114) -> NCHW float32.
-
-    Same scale and interpolation as yolov5's letterbox at 1280 for 4:3 images (which fill a
-    960 x 1280 canvas exactly), so the statistics are those the model sees at inference.
-    """
+def _square_batch(arrays: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Letterbox every image into a SIZE x SIZE square (pad 114) -> (N, 3, S, S) float32."""
     import cv2
 
-    ch, cw = canvas
     out = []
     for rgb in arrays:
         h, w = rgb.shape[:2]
-        r = min(ch / h, cw / w)
+        r = size / max(h, w)
         nw, nh = max(1, int(round(w * r))), max(1, int(round(h * r)))
         im = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        top, left = (ch - nh) // 2, (cw - nw) // 2
-        im = cv2.copyMakeBorder(im, top, ch - nh - top, left, cw - nw - left,
+        top, left = (size - nh) // 2, (size - nw) // 2
+        im = cv2.copyMakeBorder(im, top, size - nh - top, left, size - nw - left,
                                 cv2.BORDER_CONSTANT, value=(114, 114, 114))
         out.append(im)
     return (np.stack(out).transpose(0, 3, 1, 2) / 255).astype(np.float32)
 
 
-def _calibrate_batchnorm(model: Any, batch: np.ndarray) -> list[list[Any]]:
-    """Set every BatchNorm's running stats from its own inputs on BATCH, in one eval pass.
-
-    Each BatchNorm is calibrated by a forward pre-hook at the moment its input arrives, and
-    (still in eval mode) immediately normalises with the statistics it was just given, so every
-    later layer is calibrated on exactly the features the finished model computes. Variances are
-    floored at `_VAR_FLOOR` x the layer's median: a near-constant channel (a SiLU that is almost
-    always off) would otherwise get a gain of 1/sqrt(tiny var), which multiplies the fp32
-    rounding of everything upstream (measured: 1e-2 relative fp32-vs-fp64 drift on the full
-    model without the floor). Trained networks do not have such channels in the signal path.
-
-    Returns the feature maps that entered Detect in that pass, one list per image.
-    """
+def _calibrate_batchnorm(model: Any, batch: np.ndarray) -> None:
+    """Set every BatchNorm's running stats to those of its own inputs on BATCH (one pass)."""
     import torch
 
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-
-    def calibrate(bn: Any, args: tuple[Any, ...]) -> None:
-        x = args[0].detach().double()
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.var(dim=(0, 2, 3), unbiased=False)
-        floor = _VAR_FLOOR * float(var.median()) + 1e-6
-        bn.running_mean.copy_(mean.float())
-        bn.running_var.copy_(var.clamp_min(floor).float())
-
-    handles = [bn.register_forward_pre_hook(calibrate) for bn in bns]
-    det = model.model[-1]
-    captured: list[Any] = []
-    handles.append(det.register_forward_pre_hook(
-        lambda _m, args: captured.extend(t.detach().clone() for t in args[0])))
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: one batch -> exactly its statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(batch))
+    for bn in bns:
+        bn.momentum = 0.03
     model.eval()
+
+
+def _head_inputs(model: Any, inputs: Sequence[np.ndarray]) -> list[list[Any]]:
+    """The feature maps entering Detect for each input (captured by a pre-hook)."""
+    import torch
+
+    det = model.model[-1]
+    captured: list[list[Any]] = []
+
+    def hook(_module: Any, args: tuple[Any, ...]) -> None:
+        captured.append([t.detach().clone() for t in args[0]])
+
+    handle = det.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
-            model(torch.from_numpy(batch))
+            for x in inputs:
+                model(torch.from_numpy(x))
     finally:
-        for handle in handles:
-            handle.remove()
-    return [[t[b:b + 1] for t in captured] for b in range(batch.shape[0])]
+        handle.remove()
+    return captured
 
 
 def _decode(det: Any, feats: list[Any]) -> np.ndarray:
@@ -193,7 +171,7 @@ def _obj_logits(det: Any, feats: list[Any]) -> np.ndarray:
     return torch.cat(out, 1).numpy()
 
 
-def _count_raw(raw: np.ndarray, thr: float, cap: int = 1000) -> list[int]:
+def _count_raw(raw: np.ndarray, thr: float, cap: int = 3000) -> list[int]:
     """Detections at or above THR after yolov5 NMS per image (CAP when candidates exceed it)."""
     from converters.detector import torch_nms
 
@@ -215,7 +193,7 @@ def _count_boxes(det: Any, features: list[list[Any]], thr: float) -> list[int]:
 
 
 def _condition_head(model: Any, features: list[list[Any]], target_boxes: float) -> dict:
-    """Rescale/bias Detect's 1x1 convs on real features; search the objectness offset.
+    """Rescale/bias Detect's 1x1 convs on real features; bisect the objectness offset.
 
     Random features scale with image contrast (a sunny savanna gives several times the
     activations of an infrared night shot), so no single objectness offset gives every image
@@ -243,11 +221,6 @@ def _condition_head(model: Any, features: list[list[Any]], target_boxes: float) 
                 elif k < 4:
                     t_max, t_mean = _WH
                 elif k == 4:
-                    # By the largest deviation, like the other outputs: the features are
-                    # heavy-tailed (tens of standard deviations at a few positions), and std
-                    # scaling left objectness logits of +-100 whose sigmoid tail turns fp32
-                    # rounding into visible conf differences. Bounded logits, then an offset
-                    # search, give a handful of boxes from the most salient positions.
                     t_max, t_mean = _OBJ_MAX, 0.0
                 else:
                     t_max, t_mean = _CLS[(k - 5) % len(_CLS)]
@@ -260,26 +233,24 @@ def _condition_head(model: Any, features: list[list[Any]], target_boxes: float) 
         decoded = [_decode(det, feats) for feats in features]
         logits = [_obj_logits(det, feats) for feats in features]
 
-        def counts(offset: float) -> list[int]:
-            out: list[int] = []
+        def count(offset: float) -> float:
+            # The median image, not the mean: a mean would let the highest-contrast image
+            # take all the boxes.
+            counts = []
             for raw, lg in zip(decoded, logits, strict=True):
                 raw = raw.copy()
                 raw[..., 4] = 1 / (1 + np.exp(-np.clip(lg + offset, -80, 80)))
-                out += _count_raw(raw, 0.1)
-            return out
+                counts += _count_raw(raw, 0.1)
+            return float(np.median(counts))
 
-        def miss(offset: float) -> float:
-            # Balanced over images (log ratio to the target, never a mean count): random
-            # features scale with image contrast, and a mean would let the highest-contrast
-            # image take hundreds of boxes while night shots get none.
-            c = np.asarray(counts(offset), np.float64)
-            return float(np.mean(np.abs(np.log((1 + c) / (1 + target_boxes)))))
-
-        grid = np.arange(-40.0, 10.0, 0.5)
-        scores = [miss(o) for o in grid]
-        best = float(grid[int(np.argmin(scores))])
-        fine = np.arange(best - 1.0, best + 1.0, 0.125)
-        offset = float(fine[int(np.argmin([miss(o) for o in fine]))])
+        lo, hi = -60.0, 20.0  # count(lo) ~ 0, count(hi) large
+        for _ in range(24):
+            mid = (lo + hi) / 2
+            if count(mid) > target_boxes:
+                hi = mid
+            else:
+                lo = mid
+        offset = hi if abs(count(hi) - target_boxes) <= abs(count(lo) - target_boxes) else lo
         for conv, b in zip(det.m, base, strict=True):
             conv.bias[obj_idx] = b + offset
     return {"objectness_offset": round(offset, 4)}
@@ -313,21 +284,20 @@ def _fresh_grids(model: Any) -> None:
 def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
                                  calib_images: Sequence[Path] = (), seed: int = 0, *,
                                  half: bool = True, model_class_name: str = "DetectionModel",
-                                 target_boxes: float = 4.0, calib_count: int | None = None,
-                                 canvas: tuple[int, int] = (960, 1280), drift_check: bool = True,
-                                 drift_crop: int | None = None) -> dict[str, Any]:
+                                 target_boxes: float = 4.0, bn_images: int | None = None,
+                                 bn_size: int | None = None, head_images: int | None = None,
+                                 drift_check: bool = True, drift_size: int | None = None
+                                 ) -> dict[str, Any]:
     """Write a MegaDetector-format checkpoint with conditioned random weights; return info.
 
     size "full" is YOLOv5x6 (depth 1.33, width 1.25, P3-P6, strides 8/16/32/64, 3 classes,
     ~140M parameters); "tiny" shrinks depth/width but keeps every layer type. `calib_images`
-    are real camera-trap images (generated scenes are used when none decode); `calib_count` of
-    them (default 2 full, 4 tiny), letterboxed onto a `canvas` (H, W) at the real input scale
-    (BatchNorm statistics taken at a reduced resolution do not hold at 1280: the P6 maps and
-    SPPF pooling see different structures), serve both the BatchNorm statistics and the head.
-    `half` stores fp16 like MegaDetector's release files. The info dict reports parameters,
-    box counts per calibration image and the fp32-vs-fp64 drift of the stored model as
-    speciesnet runs it (`.float()`), measured on the first image letterboxed at 1280 (or a
-    `drift_crop` square crop of it: faster, but a crop can miss the worst region).
+    are real camera-trap images (generated scenes are used when none decode). BatchNorm
+    statistics use `bn_images` images letterboxed to `bn_size` squares; the head is tuned on
+    `head_images` images letterboxed as speciesnet does (1280, stride 64); the fp32-vs-fp64 drift
+    is measured on the first image letterboxed to `drift_size`. `half` stores fp16
+    like MegaDetector's release files. The info dict reports parameters, per-image box counts
+    and the fp32-vs-fp64 drift of the stored model as speciesnet runs it (`.float()`).
     """
     import torch
 
@@ -338,8 +308,10 @@ def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     t0 = time.time()
     full = size == "full"
-    calib_count = calib_count or (6 if full else 4)
-    drift_crop = drift_crop or 0
+    bn_images = bn_images or (4 if full else 6)
+    bn_size = bn_size or (320 if full else 640)
+    head_images = head_images or (2 if full else 4)
+    drift_size = drift_size or (640 if full else 1280)
     torch.manual_seed(seed)
     gd, gw = SIZES[size]
     model = DetectionModel(yolov5_p6_cfg(gd, gw, nc=len(NAMES)))
@@ -350,23 +322,26 @@ def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.copy_(torch.empty_like(m.weight).uniform_(*_BN_GAMMA, generator=gen))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * _BN_BETA)
-        # Residual branches smaller still: each unit-gain branch would double the variance of
-        # the rounding errors that pass through its Bottleneck.
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+        # Residual branches start small, as in trained CSP nets: with unit-gain branches every
+        # Bottleneck doubles the variance of rounding errors and fp32 drifts ~50x further
+        # from fp64 over the network than with damped branches.
         for m in model.modules():
             if type(m).__name__ == "Bottleneck" and m.add:
                 bn = m.cv2.bn
                 bn.weight.copy_(torch.empty_like(bn.weight).uniform_(*_RESIDUAL_GAMMA,
                                                                      generator=gen))
 
-    arrays, used = _calibration_arrays(list(calib_images), calib_count, seed)
+    arrays, used = _calibration_arrays(list(calib_images), max(bn_images, head_images), seed)
     t_bn = time.time()
-    features = _calibrate_batchnorm(model, _canvas_batch(arrays, canvas))
+    _calibrate_batchnorm(model, _square_batch(arrays[:bn_images], bn_size))
     bn_s = time.time() - t_bn
     if half:
         model.half().float()
 
     t_head = time.time()
+    head_inputs = [to_nchw(letterbox_rgb(a)) for a in arrays[:head_images]]
+    features = _head_inputs(model, head_inputs)
     head_info = _condition_head(model, features, target_boxes)
     if half:
         model.half().float()
@@ -376,12 +351,9 @@ def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
     counts_01 = _count_boxes(det, features, 0.1)
     counts_001 = _count_boxes(det, features, 0.01)
     drift = None
-    if drift_check:  # fp64 costs ~2x fp32 (~1.5 min for the full model on 2 cores)
-        x = to_nchw(letterbox_rgb(arrays[0]))
-        if drift_crop:
-            h, w = x.shape[2:]
-            top, left = max(0, (h - drift_crop) // 2) // 64 * 64, max(0, (w - drift_crop) // 2)
-            x = np.ascontiguousarray(x[:, :, top:top + drift_crop, left:left + drift_crop])
+    if drift_check:  # fp64 costs ~2x fp32: the full model is checked on a 640 letterbox
+        x = head_inputs[0] if drift_size == 1280 else to_nchw(letterbox_rgb(arrays[0],
+                                                                            drift_size))
         drift = _drift(model, x)
 
     _fresh_grids(model)
@@ -420,9 +392,9 @@ def build_synthetic_megadetector(dst_pt: Path, size: str = "tiny",
         "pickled_model_class": f"models.yolo.{model_class_name}",
         "seed": seed,
         "calibration_images": used,
-        "calibration": {"images": len(arrays), "canvas": list(canvas),
-                        "bn_seconds": round(bn_s, 2)},
-        "head": {**head_info, "target_boxes_at_0.1": target_boxes,
+        "bn_calibration": {"images": min(bn_images, len(arrays)), "size": bn_size,
+                           "seconds": round(bn_s, 2)},
+        "head": {**head_info, "images": len(features), "target_boxes_at_0.1": target_boxes,
                  "seconds": round(head_s, 2)},
         "boxes_per_image_at_0.1": counts_01,
         "boxes_per_image_at_0.01": counts_001,
