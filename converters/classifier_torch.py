@@ -219,15 +219,9 @@ def _child_convert(ns: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: `python -m converters.classifier_torch convert ...`."""
-    ap = argparse.ArgumentParser(prog="converters.classifier_torch")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert")
-    c.add_argument("--src", required=True)
-    c.add_argument("--dst", required=True)
-    c.add_argument("--opset", type=int, default=17)
-    c.add_argument("--report", required=True)
-    c.add_argument("--check-images", default=None, help="JSON list of image paths")
-    return _child_convert(ap.parse_args(argv))
+    from converters.efficientnet import child_convert_main
+
+    return child_convert_main("converters.classifier_torch", _child_convert, argv)
 
 
 if __name__ == "__main__":
