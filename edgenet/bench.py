@@ -36,6 +36,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edgenet.errors import EdgenetError, InputError
+from edgenet.onnx_writer import field_bytes as _field_bytes
+from edgenet.onnx_writer import field_varint as _field_varint
+from edgenet.onnx_writer import tensor as _onnx_tensor
+from edgenet.onnx_writer import value_info as _value_info
 
 if TYPE_CHECKING:  # numpy is imported where used: `edgenet --help` should not pay for it
     import numpy as np
@@ -65,43 +69,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
 # a minimal ONNX writer (MatMul / MatMulInteger) for the peak measurement
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    value &= (1 << 64) - 1
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _field_varint(num: int, value: int) -> bytes:
-    return _varint(num << 3) + _varint(value)
-
-
-def _field_bytes(num: int, payload: bytes | str) -> bytes:
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _varint((num << 3) | 2) + _varint(len(data)) + data
-
-
-def _value_info(name: str, elem_type: int, dims: Sequence[int]) -> bytes:
-    shape = b"".join(_field_bytes(1, _field_varint(1, d)) for d in dims)  # Dimension.dim_value
-    tensor_type = _field_varint(1, elem_type) + _field_bytes(2, shape)
-    return _field_bytes(1, name) + _field_bytes(2, _field_bytes(1, tensor_type))
-
-
-def _tensor(name: str, arr: np.ndarray, elem_type: int) -> bytes:
-    """TensorProto: dims (1), data_type (2), name (8), raw_data (9, little-endian)."""
-    import numpy as np
-
-    dims = b"".join(_field_varint(1, d) for d in arr.shape)
-    raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
-    return dims + _field_varint(2, elem_type) + _field_bytes(8, name) + _field_bytes(9, raw)
-
-
 def matmul_model_bytes(n: int, kind: str = "fp32", constant_b: np.ndarray | None = None
                        ) -> bytes:
     """Serialized ONNX model computing A(n,n) @ B(n,n): fp32 MatMul or uint8 x int8
@@ -120,7 +87,7 @@ def matmul_model_bytes(n: int, kind: str = "fp32", constant_b: np.ndarray | None
     )
     graph = _field_bytes(1, node) + _field_bytes(2, "peak")
     if constant_b is not None:
-        graph += _field_bytes(5, _tensor("B", constant_b, tb))
+        graph += _field_bytes(5, _onnx_tensor("B", constant_b, tb))
     graph += _field_bytes(11, _value_info("A", ta, (n, n)))
     if constant_b is None:
         graph += _field_bytes(11, _value_info("B", tb, (n, n)))
@@ -150,7 +117,7 @@ def conv_model_bytes(weights: np.ndarray, h: int, w: int) -> bytes:
             + _field_bytes(5, ints_attr("pads", [1, 1, 1, 1])))
     graph = (
         _field_bytes(1, node) + _field_bytes(2, "peak_conv")
-        + _field_bytes(5, _tensor("W", weights.astype("float32"), 1))
+        + _field_bytes(5, _onnx_tensor("W", weights.astype("float32"), 1))
         + _field_bytes(11, _value_info("X", 1, (1, c, h, w)))
         + _field_bytes(12, _value_info("Y", 1, (1, c, h, w)))
     )

@@ -18,36 +18,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _key(num: int, wire: int) -> bytes:
-    return _varint((num << 3) | wire)
-
-
-def _field_int(num: int, value: int) -> bytes:
-    return _key(num, 0) + _varint(value)
-
-
-def _field_bytes(num: int, payload: bytes | str) -> bytes:
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _key(num, 2) + _varint(len(data)) + data
+from edgenet.onnx_writer import FLOAT, value_info
+from edgenet.onnx_writer import field_bytes as _field_bytes
+from edgenet.onnx_writer import field_varint as _field_varint
 
 
 def _value_info(name: str, dims: Sequence[int]) -> bytes:
-    shape = b"".join(_field_bytes(1, _field_int(1, d)) for d in dims)
-    tensor = _field_int(1, 1) + _field_bytes(2, shape)  # elem_type FLOAT, shape
-    return _field_bytes(1, name) + _field_bytes(2, _field_bytes(1, tensor))
+    return value_info(name, FLOAT, dims)
 
 
 def tiny_model_bytes(n: int = 64) -> bytes:
@@ -61,8 +38,8 @@ def tiny_model_bytes(n: int = 64) -> bytes:
         + _field_bytes(11, _value_info("B", (n, n)))
         + _field_bytes(12, _value_info("C", (n, n)))
     )
-    opset = _field_bytes(1, "") + _field_int(2, 13)
-    return _field_int(1, 7) + _field_bytes(2, "edgenet-doctor") + _field_bytes(7, graph) + (
+    opset = _field_bytes(1, "") + _field_varint(2, 13)
+    return _field_varint(1, 7) + _field_bytes(2, "edgenet-doctor") + _field_bytes(7, graph) + (
         _field_bytes(8, opset)
     )
 
