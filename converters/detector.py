@@ -382,19 +382,17 @@ def verify(model: Any, onnx_path: Path, *, check_images: Sequence[Path] | None =
     onnx_vs_32, drift_64, yolo_diffs = [], [], []
     agree_onnx, agree_64 = [], []
     per_input = []
-    first_image = next((i for i, (n, _) in enumerate(inputs) if not n.startswith("random_")),
-                       None)
-    for k, (name, x) in enumerate(inputs):
+    for name, x in inputs:
         ref32 = _torch_run(model, x, torch.float32)
-        # fp64 costs ~2x fp32 on CPU: random inputs (small) and the first real image only.
-        ref64 = _torch_run(model64, x, torch.float64) if (
-            name.startswith("random_") or k == first_image) else None
+        # fp64 for every input (~2x an fp32 forward on CPU): each input's own fp32 drift
+        # bounds how close two fp32 implementations can be expected to agree on it.
+        ref64 = _torch_run(model64, x, torch.float64)
         out = sess.run(None, {"images": x})[0]
         extent = float(max(x.shape[2:]))
         d = raw_diff(ref32, out, extent)
         onnx_vs_32.append(d)
-        if ref64 is not None:
-            drift_64.append(raw_diff(ref64, ref32, extent))
+        drift_64.append(raw_diff(ref64, ref32, extent))
+        d["tolerance"] = max(rtol, DRIFT_FACTOR * drift_64[-1]["max_rel"])
         if yolov5_model is not None:
             yolo_diffs.append(raw_diff(_torch_run(yolov5_model, x, torch.float32), ref32,
                                        extent))
@@ -418,13 +416,15 @@ def verify(model: Any, onnx_path: Path, *, check_images: Sequence[Path] | None =
     # ONNX cannot be expected closer to torch fp32 than fp32 itself is to exact arithmetic:
     # where the model's own fp32 drift (vs fp64) is larger than the fixed tolerance, the
     # tolerance becomes DRIFT_FACTOR times that drift (reported as the effective tolerance).
+    # The drift is measured per input: a bright, high-contrast scene can drive a random-weight
+    # network's fp32 error up by 10x while a night shot stays at 1e-6.
     eff_rtol = max(rtol, DRIFT_FACTOR * drift.get("max_rel", 0.0))
     eff_box = max(box_tol_px, DRIFT_FACTOR * drift_nms.get("max_box_abs_px", 0.0))
     failures = []
-    worst_rel = onnx_diff.get("max_rel", 0.0)
-    if not np.isfinite(worst_rel) or worst_rel > eff_rtol:
-        failures.append(f"raw outputs differ by {worst_rel:.3g} relative (tolerance "
-                        f"{eff_rtol:.3g})")
+    for (name, _), d in zip(inputs, onnx_vs_32, strict=True):
+        if not np.isfinite(d["max_rel"]) or d["max_rel"] > d["tolerance"]:
+            failures.append(f"raw outputs differ by {d['max_rel']:.3g} relative on {name} "
+                            f"(tolerance {d['tolerance']:.3g})")
     if agreement:
         if agreement["unmatched_at_or_above_min_conf"]:
             failures.append(f"{agreement['unmatched_at_or_above_min_conf']} detections at or "

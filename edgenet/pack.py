@@ -232,19 +232,58 @@ def read_labels(path: Path) -> list[str]:
                         fix="make the file readable or re-create the pack") from e
 
 
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+_HASH_CACHE: dict[str, str] = {}
+_HASH_CACHE_FILE = "sha256-verified.json"
+
+
+def _hash_key(path: Path) -> str:
+    # ctime too: it changes on every write AND on every metadata change (a tool that restores
+    # the mtime after editing still moves the ctime), and users cannot set it.
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+
+
+def _persistent_hashes() -> tuple[Path, dict[str, str]]:
+    from edgenet.providers import cache_dir
+
+    where = cache_dir() / _HASH_CACHE_FILE
+    try:
+        data = json.loads(where.read_text(encoding="utf-8"))
+        return where, {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return where, {}
 
 
 def _sha256(path: Path) -> str:
-    """Hex sha256 of a file, memoised per (path, size, mtime) within the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _HASH_CACHE[key] = h.hexdigest()
+    """Hex sha256 of a file, remembered per (path, size, mtime, ctime, inode).
+
+    Why remembered across runs: a full-size pack is ~800 MB of ONNX, ~1.5 s of hashing on a
+    laptop core at every start (a tenth of a one-image run). A file that changes in any way
+    gets a new key and is hashed again, so truncation, corruption and edits are still caught;
+    the digests live in the cache dir (`$EDGENET_HOME`), and a cache that cannot be read or
+    written just means hashing every time.
+    """
+    key = _hash_key(path)
+    if key in _HASH_CACHE:
+        return _HASH_CACHE[key]
+    where, known = _persistent_hashes()
+    if key in known:
+        _HASH_CACHE[key] = known[key]
+        return known[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    _HASH_CACHE[key] = h.hexdigest()
+    known = {k: v for k, v in known.items() if Path(k.split("|", 1)[0]).exists()}
+    known[key] = _HASH_CACHE[key]
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        tmp = where.with_name(f".{where.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=0), encoding="utf-8")
+        os.replace(tmp, where)
+    except OSError:
+        pass
     return _HASH_CACHE[key]
 
 
@@ -300,12 +339,15 @@ class ModelPack:
         return self.type == "full_image"
 
     def variant(self, precision: str) -> PackFiles:
-        """(detector, classifier) paths for `precision`; fp32 (or the pack's own) is the base."""
+        """(detector, classifier) paths for `precision`, checksums verified; fp32 (or the
+        pack's own precision) is the base."""
+        files = None
         if precision in ("fp32", self.precision):
-            return PackFiles(self.detector, self.classifier)
-        if precision in self.variants:
+            files = PackFiles(self.detector, self.classifier)
+        elif precision in self.variants:
             files = self.variants[precision]
-            for p in files:  # hashed on first use only (see `_load`)
+        if files is not None:
+            for p in files:  # model files are hashed on first use only (see `_load`)
                 if p in self.checksums:
                     _verify_sha256(p, self.checksums[p])
             return files
@@ -460,6 +502,7 @@ def _load(root: Path, verify: bool) -> ModelPack:
                     "fix info.json")
     # Variant model files are hashed only when that precision is asked for (`variant()`): a pack
     # with fp16 and int8 variants holds ~2x the fp32 bytes, which need not be read on every run.
+    # (Digests are remembered across runs per file identity; see `_sha256`.)
     lazy = {p.resolve() for v in variants.values() for p in v} - {
         files["detector"].resolve(), files["classifier"].resolve()}
     checksums: dict[Path, str] = {}

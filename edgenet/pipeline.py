@@ -179,11 +179,12 @@ def make_crops(image: Any, spec: Any) -> Any:
     """Classifier inputs for an image: uint8 (k, 480, 480, 3), k = number of boxes (or 1)."""
     import numpy as np
 
-    from edgenet.classifier import crop_for_classifier, full_image_crop
+    from edgenet.classifier import crop_for_classifier, full_image_crop, image_array
 
     if spec == "full_image":
         return np.asarray(full_image_crop(image))[None]
-    crops = [np.asarray(crop_for_classifier(image, bbox)) for bbox in spec]
+    arr = image_array(image) if spec else None  # one PIL -> array copy per image, not per box
+    crops = [np.asarray(crop_for_classifier(arr, bbox)) for bbox in spec]
     if not crops:
         return np.zeros((0, 480, 480, 3), dtype=np.uint8)
     return np.stack(crops)
@@ -337,9 +338,9 @@ def load_pack(model: str | os.PathLike | None) -> Any:
 def _pack_variant(pack: Any, precision: str) -> Any:
     """The pack's files for a precision (fp32 is the pack itself)."""
     variant = getattr(pack, "variant", None)
-    if variant is None or precision == "fp32":
+    if variant is None:
         return pack
-    return variant(precision)
+    return variant(precision)  # also verifies the model files' checksums
 
 
 def _attr(obj: Any, *names: str) -> Any:
@@ -392,15 +393,37 @@ def load_components(config: PipelineConfig) -> Components:
         comps.model_version = _attr(pack, "version")
         detector_path = _attr(files, "detector")
         comps.detector_name = Path(detector_path).name if detector_path else None
-    if need_detector and comps.detector is None:
-        from edgenet.detector import DetectorModel
+    classifier_session = None
+    if need_classifier and comps.classifier is None and need_detector and comps.detector is None:
+        # Both sessions at once: building one is mostly single-threaded graph optimisation
+        # (~4 s each for the full-size models) and releases the GIL, so on two or more cores the
+        # classifier's costs no wall time beside the detector's (cold start, benchmarks/NOTES.md).
+        # An error surfaces from `.result()` below, still before any image is touched.
+        from concurrent.futures import ThreadPoolExecutor
 
-        comps.detector = DetectorModel(
-            _attr(files, "detector"),
-            device=config.device,
-            threads=config.threads,
-            precision=config.precision,
-        )
+        from edgenet.providers import make_session
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="edgenet-session")
+        classifier_session = pool.submit(make_session, _attr(files, "classifier"),
+                                         config.device, config.threads, config.precision)
+        pool.shutdown(wait=False)
+    try:
+        if need_detector and comps.detector is None:
+            from edgenet.detector import DetectorModel
+
+            comps.detector = DetectorModel(
+                _attr(files, "detector"),
+                device=config.device,
+                threads=config.threads,
+                precision=config.precision,
+            )
+    except BaseException:
+        if classifier_session is not None:  # the detector's error is the one to report
+            from concurrent.futures import wait
+
+            wait([classifier_session])
+        raise
+    session = classifier_session.result() if classifier_session is not None else None
     if need_classifier and comps.classifier is None:
         from edgenet.classifier import ClassifierModel
 
@@ -414,6 +437,7 @@ def load_components(config: PipelineConfig) -> Components:
             threads=config.threads,
             precision=config.precision,
             target_species_txt=config.target_species_txt,
+            session=session,
         )
     if need_ensemble and comps.ensemble is None:
         from edgenet.ensemble import Ensemble

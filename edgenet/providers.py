@@ -67,6 +67,43 @@ def tensorrt_cache_dir() -> Path:
     return cache_dir() / "tensorrt"
 
 
+def _cpu_signature() -> str:
+    """What an optimised CPU graph depends on: ISA flags (NCHWc block size, VNNI kernels)."""
+    import platform
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = next((ln for ln in fh if ln.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return f"{platform.machine()}|{platform.processor()}|{flags.strip()}"
+
+
+def optimized_model_path(model_path: Path, providers: Sequence[str]) -> Path | None:
+    """Where onnxruntime's optimised copy of a CPU graph is cached; None when not cached.
+
+    Why: building a session for the full-size detector spends seconds in graph optimisation
+    (constant folding, Conv+activation fusion, NCHWc weight reordering) that gives the same
+    result on every start; the first session saves its optimised graph there and later ones
+    load it with optimisation off (benchmarks/NOTES.md: cold start). The key covers the model
+    file's identity, the onnxruntime version and the CPU's ISA, so a changed model, a new
+    onnxruntime or another machine sharing the cache never reuses a stale graph. CPU only:
+    other providers partition the graph when the session is built. `EDGENET_ORT_CACHE=0`
+    turns it off.
+    """
+    import hashlib
+
+    if os.environ.get("EDGENET_ORT_CACHE", "1") == "0" or list(providers) != [
+            "CPUExecutionProvider"]:
+        return None
+    st = model_path.stat()
+    ident = (f"{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|"
+             f"{ort.__version__}|{_cpu_signature()}")
+    key = hashlib.sha256(ident.encode()).hexdigest()[:24]
+    return cache_dir() / "ort-optimized" / f"{model_path.stem}.{key}.onnx"
+
+
 def available_devices() -> dict[str, bool]:
     """Which `--device` values this onnxruntime build offers (compiled in, not yet loaded).
 
@@ -213,19 +250,42 @@ def make_session(
     if "TensorrtExecutionProvider" in names:
         tensorrt_cache_dir().mkdir(parents=True, exist_ok=True)
 
+    load_path, save_to = model_path, None
+    cached = optimized_model_path(model_path, names)
+    if cached is not None and cached.is_file():
+        load_path = cached
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            save_to = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            so.optimized_model_filepath = str(save_to)
+        except OSError:  # read-only cache: just optimise every time
+            save_to = None
     try:
         sess = ort.InferenceSession(
-            str(model_path),
+            str(load_path),
             sess_options=so,
             providers=providers,
         )
     except Exception as exc:  # onnxruntime raises its own exception types per failure
+        if save_to is not None:
+            save_to.unlink(missing_ok=True)
+        if cached is not None and load_path == cached:  # a bad cache entry never stops a run
+            cached.unlink(missing_ok=True)
+            return make_session(path, device, threads, precision)
         raise PackError(
             f"onnxruntime cannot load this model: {str(exc).strip().splitlines()[0][:300]}",
             path=model_path,
             fix="re-create it with `edgenet convert` or re-download the pack",
         ) from exc
 
+    if save_to is not None and cached is not None:
+        try:
+            if save_to.is_file():
+                os.replace(save_to, cached)  # atomic: a concurrent start never reads half
+        except OSError:
+            save_to.unlink(missing_ok=True)
     if dev != "auto" and dev != "cpu" and names[0] not in sess.get_providers():
         raise EdgenetError(
             f"{names[0]} is installed but failed to initialise (the session fell back to "

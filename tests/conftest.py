@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# The optimised-graph cache (edgenet.providers.optimized_model_path) would keep a copy of every
+# throw-away test model in the user's cache dir; tests that exercise it turn it back on.
+os.environ.setdefault("EDGENET_ORT_CACHE", "0")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("EDGENET_SHARED_DIR", REPO_ROOT.parent / "shared"))
 SPECIESNET_TEST_IMAGES = SHARED_DIR / "images" / "speciesnet_test_data"

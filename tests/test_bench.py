@@ -429,6 +429,24 @@ def test_compare_predictions_finds_each_kind_of_difference() -> None:
     assert "e.jpg" in probs and "missing" in probs
 
 
+def test_compare_predictions_pairs_near_tied_detections_in_either_order() -> None:
+    """Two detections whose confs differ by less than 1e-3 may come in either order."""
+    ref = _pred("a.jpg", conf=0.5)
+    second = dict(ref["detections"][0], conf=0.4996, bbox=[0.5, 0.5, 0.2, 0.2])
+    ref["detections"].append(second)
+    ours = json.loads(json.dumps(ref))
+    ours["detections"].reverse()
+    ours["detections"][0]["conf"] = 0.4998  # the second one now sorts first
+    res = compare_reference.compare_predictions({"predictions": [ref]}, {"predictions": [ours]})
+    assert res["mismatched_images"] == 0, res["problems"]
+    pairs, swaps = compare_reference.pair_detections(ref["detections"], ours["detections"])
+    assert pairs == [1, 0] and swaps == 2
+    # A far-apart conf is a real difference, not a tie: no pairing rescues it.
+    ours["detections"][0]["conf"] = 0.45
+    res = compare_reference.compare_predictions({"predictions": [ref]}, {"predictions": [ours]})
+    assert res["mismatched_images"] == 1
+
+
 def test_runtime_environment_size_counts_only_runtime_distributions() -> None:
     size = compare_reference.runtime_env_size(sys.executable)
     names = {d.lower().replace("_", "-") for d in size["distributions"]}
@@ -454,6 +472,9 @@ def test_bench_without_onnx_or_matplotlib(tiny_pack: Path, tmp_path: Path,
 def test_make_instances_keeps_local_images_only(speciesnet_images: Path, tmp_path: Path) -> None:
     path = compare_reference.make_instances(speciesnet_images, tmp_path / "i.json")
     inst = json.loads(path.read_text())["instances"]
+    both = compare_reference.make_instances([speciesnet_images, speciesnet_images],
+                                            tmp_path / "b.json")
+    assert json.loads(both.read_text())["instances"] == inst + inst
     assert inst and all(Path(i["filepath"]).is_file() for i in inst)
     assert not any("://" in i["filepath"] for i in inst)
     one = compare_reference.make_instances(speciesnet_images, tmp_path / "o.json", limit=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -334,3 +335,128 @@ def test_yolov5_and_speciesnet_run_the_synthetic_checkpoint(tiny: tuple[Path, di
         for g, w in zip(got, want, strict=True):
             assert abs(g["conf"] - w["conf"]) < 1e-4
             assert np.allclose(g["bbox"], w["bbox"], atol=2e-3)
+
+
+_YOLOV5_WRITES = textwrap.dedent("""
+    # Runs in the reference venv: yolov5's own code builds and saves the checkpoint.
+    import copy, sys
+    from datetime import datetime
+    from pathlib import Path
+    import numpy as np, torch, yaml
+    import yolov5
+    from models.yolo import DetectionModel
+    dst, folder = Path(sys.argv[1]), Path(sys.argv[2])
+    cfg = yaml.safe_load((Path(yolov5.__file__).parent / "models/hub/yolov5x6.yaml").read_text())
+    cfg.update(nc=3, depth_multiple=0.33, width_multiple=0.0625)  # YOLOv5x6 layout, tiny
+    torch.manual_seed(0)
+    model = DetectionModel(cfg)
+    model.train()  # a few batches of BN statistics, so activations stay finite
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(2, 3, 256, 256))
+    model.eval()
+    model.names = ["animal", "person", "vehicle"]
+    # What yolov5's train.py saves (MegaDetector's release files are such dicts, fp16).
+    torch.save({"epoch": -1, "best_fitness": None, "model": copy.deepcopy(model).half(),
+                "ema": None, "updates": None, "optimizer": None, "opt": {}, "git": None,
+                "date": datetime.now().isoformat()}, dst)
+    loaded = torch.load(dst, map_location="cpu", weights_only=False)["model"].float().eval()
+    x = torch.from_numpy(np.load(folder / "x.npy"))
+    with torch.no_grad():
+        np.save(folder / "yolov5_out.npy", loaded(x)[0].numpy())
+    # A classifier .pt as SpeciesNet >= 4.0.1 ships it: a whole onnx2torch module.
+    import onnx
+    from onnx2torch import convert
+    torch.save(convert(onnx.load(sys.argv[3])), folder / "classifier.pt")
+""")
+
+_CONVERT_WITH_YOLOV5 = textwrap.dedent("""
+    # The dev interpreter with the reference venv's packages appended: yolov5 is installed.
+    import json, sys
+    sys.path.append(sys.argv[1])
+    from converters.yolo_modules import _yolov5_available
+    assert _yolov5_available()
+    from converters.detector import convert_detector
+    report = convert_detector(sys.argv[2], sys.argv[3], check_images=[], use_yolov5=True)
+    from converters.pack import convert_pack
+    convert_pack(sys.argv[4], sys.argv[5], variants=())
+    print(json.dumps({"passed": report["passed"], "classes": report["source"]["classes"]}))
+""")
+
+
+@pytest.mark.reference
+def test_checkpoint_written_by_yolov5_converts_with_and_without_yolov5(tmp_path: Path) -> None:
+    """A YOLOv5x6-layout checkpoint saved by yolov5's own code, as MegaDetector's files are."""
+    ref = _reference_python()
+    if ref is None:
+        pytest.skip("reference python absent (set EDGENET_REFERENCE_PYTHON)")
+    site = subprocess.run([str(ref), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], capture_output=True, text=True, check=True
+                          ).stdout.strip()
+    src = tmp_path / "md_v5a_by_yolov5.pt"
+    x = np.random.default_rng(5).random((1, 3, 320, 448), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    demo = Path(__file__).resolve().parents[1] / "edgenet" / "data" / "demo_pack"
+    demo_info = json.loads((demo / "info.json").read_text())
+    proc = subprocess.run([str(ref), "-c", _YOLOV5_WRITES, str(src), str(tmp_path),
+                           str(demo / demo_info["classifier"])],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "models.yolo.DetectionModel" in yolov5_names_in_pickle(src)
+    want = np.load(tmp_path / "yolov5_out.npy")
+
+    import onnxruntime as ort
+
+    def check(onnx_path: Path) -> None:
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"images": x})[0]
+        assert got.shape == want.shape
+        # Boxes in pixels, objectness/class in [0, 1]: relative to each column's scale.
+        scale = np.maximum(np.abs(want).max(axis=(0, 1)), 1.0)
+        assert (np.abs(got - want).max(axis=(0, 1)) / scale).max() < 1e-3
+
+    # A SpeciesNet model folder around the two files, as the reference reads it.
+    folder = tmp_path / "speciesnet_folder"
+    folder.mkdir()
+    src.rename(folder / src.name)
+    src = folder / src.name
+    (tmp_path / "classifier.pt").rename(folder / "classifier.pt")
+    for key in ("classifier_labels", "taxonomy", "geofence"):
+        (folder / demo_info[key]).write_bytes((demo / demo_info[key]).read_bytes())
+    (folder / "info.json").write_text(json.dumps({
+        "version": "4.0.1a", "type": "always_crop", "classifier": "classifier.pt",
+        "classifier_labels": demo_info["classifier_labels"], "detector": src.name,
+        "taxonomy": demo_info["taxonomy"], "geofence": demo_info["geofence"]}))
+
+    # Without yolov5 (this interpreter has no yolov5): our unpickler's modules.
+    proc = subprocess.run([sys.executable, "-m", "edgenet.cli", "convert", "pack", str(folder),
+                           str(tmp_path / "pack_without"), "--variants", "none"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from edgenet.pack import ModelPack
+
+    assert ModelPack.load(tmp_path / "pack_without").version == "4.0.1a"
+    without = tmp_path / "without.onnx"
+    proc = subprocess.run([sys.executable, "-m", "edgenet.cli", "convert", "detector", str(src),
+                           str(without)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check(without)
+    # With yolov5 installed (the reference venv's packages appended): yolov5's own classes.
+    with_ = tmp_path / "with.onnx"
+    # (a sitecustomize appends them in the converter's child processes too)
+    hook = tmp_path / "with_yolov5"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(f"import sys\nsys.path.append({site!r})\n")
+    env = {**os.environ, "PYTHONPATH": str(hook)}
+    proc = subprocess.run([sys.executable, "-c", _CONVERT_WITH_YOLOV5, site, str(src),
+                           str(with_), str(folder), str(tmp_path / "pack_with")],
+                          capture_output=True, text=True, timeout=900, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["passed"] and out["classes"] == "yolov5"
+    check(with_)
+    fid = json.loads((tmp_path / "pack_with" / "fidelity.json").read_text())
+    # With yolov5 importable, `convert pack` also runs yolov5's own classes: identical outputs.
+    assert fid["detector"]["fp32"]["yolov5_package_vs_edgenet_modules"]["max_abs"] == 0.0
+    assert ModelPack.load(tmp_path / "pack_with").version == "4.0.1a"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,6 +172,39 @@ def test_symbolic_output_width_is_noted(tmp_path: Path) -> None:
     root = _make_pack(tmp_path / "p", cls_out=["N", "classes"])
     pack = ModelPack.load(root)
     assert any("symbolic" in note for note in pack.notes)
+
+
+def test_verified_digests_are_remembered_across_runs_but_not_across_edits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second start reads no model bytes; any change to a file (even one that restores its
+    size and mtime) makes it hashed again."""
+    import edgenet.pack as pack_mod
+
+    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
+    root = _make_pack(tmp_path / "p", sha=True)
+    ModelPack.load(root)
+    cache = tmp_path / "home" / "sha256-verified.json"
+    assert len(json.loads(cache.read_text())) == 3  # detector, classifier, labels
+    monkeypatch.setattr(pack_mod, "_HASH_CACHE", {})  # a new process
+    hashed: list[str] = []
+    real_sha256 = hashlib.sha256
+
+    def counting_sha256(*args: Any) -> Any:
+        hashed.append("x")
+        return real_sha256(*args)
+
+    monkeypatch.setattr(pack_mod.hashlib, "sha256", counting_sha256)
+    ModelPack.load(root)
+    assert hashed == []
+    target = root / "classifier.onnx"
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0x01
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
+    monkeypatch.setattr(pack_mod, "_HASH_CACHE", {})
+    with pytest.raises(PackError, match="classifier.onnx.*sha256 mismatch"):
+        ModelPack.load(root)
 
 
 def test_tampered_checksum(tmp_path: Path) -> None:

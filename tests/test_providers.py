@@ -136,6 +136,31 @@ def test_make_session_runs_on_cpu(tiny_model: Path) -> None:
     assert "threads 1" in desc
 
 
+def test_optimised_graph_cache_is_reused_and_recovers(tiny_model: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """First session saves onnxruntime's optimised graph; later ones load it (same output);
+    a damaged cache entry is rebuilt instead of failing; a changed model gets a new entry."""
+    monkeypatch.setenv("EDGENET_ORT_CACHE", "1")
+    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    first = providers.make_session(tiny_model, device="cpu").run(None, {"x": x})[0]
+    cached = providers.optimized_model_path(tiny_model, ["CPUExecutionProvider"])
+    assert cached is not None and cached.is_file()
+    assert not list(cached.parent.glob(".*.tmp"))
+    again = providers.make_session(tiny_model, device="cpu").run(None, {"x": x})[0]
+    np.testing.assert_array_equal(first, again)
+    cached.write_bytes(b"not an onnx file")
+    healed = providers.make_session(tiny_model, device="cpu").run(None, {"x": x})[0]
+    np.testing.assert_array_equal(first, healed)
+    assert cached.read_bytes() != b"not an onnx file"
+    _tiny_model(tiny_model)  # rewritten: new mtime/ctime, so a new key
+    assert providers.optimized_model_path(tiny_model, ["CPUExecutionProvider"]) != cached
+    assert providers.optimized_model_path(tiny_model, ["CUDAExecutionProvider",
+                                                       "CPUExecutionProvider"]) is None
+    monkeypatch.setenv("EDGENET_ORT_CACHE", "0")
+    assert providers.optimized_model_path(tiny_model, ["CPUExecutionProvider"]) is None
+
+
 def test_make_session_auto_works(tiny_model: Path) -> None:
     sess = providers.make_session(tiny_model)
     assert sess.get_providers()[-1] == "CPUExecutionProvider"
