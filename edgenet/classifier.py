@@ -313,18 +313,88 @@ def _softmax32(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True, dtype=np.float32)).astype(np.float32)
 
 
-def _topk(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores per row, highest first; ties: lower index first.
+def _partial_sort_top(values: Sequence[float], k: int) -> list[int]:
+    """The first K indices of libstdc++'s `std::partial_sort` of (value, index) pairs with
+    torch.topk's comparator (larger first, NaN largest), tie order included.
 
-    torch.topk on CPU orders tied values unspecified (std::partial_sort / nth_element); a
-    deterministic lower-index-first rule is the closest we can document. Ties only occur for
-    bit-identical float32 scores, which real classifier logits practically never produce in
-    the top k.
+    Why: torch.topk on CPU uses exactly this when k * 64 <= n (ATen's TopKImpl.h), and its
+    order among EQUAL scores is whatever this heap algorithm leaves. Such ties are real: a
+    confident classifier's softmax underflows to exactly 0.0 for every class beyond the top
+    one or two (a logit gap > ~104), and speciesnet still reports k classes, the zero-score
+    ones in this order (measured: torch.topk of a one-hot 2498-vector with k=5 gives
+    [hot, 1, 3, 4, 0]). Plain Python over the n values: used only for rows with such ties.
+    """
+    import math
+
+    vals = list(values)
+    q = list(range(len(vals)))
+
+    def comp(a: int, b: int) -> bool:
+        va, vb = vals[a], vals[b]
+        return (math.isnan(va) and not math.isnan(vb)) or va > vb
+
+    def push_heap(hole: int, top: int, value: int) -> None:
+        parent = (hole - 1) // 2
+        while hole > top and comp(q[parent], value):
+            q[hole] = q[parent]
+            hole = parent
+            parent = (hole - 1) // 2
+        q[hole] = value
+
+    def adjust_heap(hole: int, length: int, value: int) -> None:
+        top = hole
+        child = hole
+        while child < (length - 1) // 2:
+            child = 2 * (child + 1)
+            if comp(q[child], q[child - 1]):
+                child -= 1
+            q[hole] = q[child]
+            hole = child
+        if length % 2 == 0 and child == (length - 2) // 2:
+            child = 2 * (child + 1)
+            q[hole] = q[child - 1]
+            hole = child - 1
+        push_heap(hole, top, value)
+
+    def pop_heap(last: int, result: int) -> None:
+        value = q[result]
+        q[result] = q[0]
+        adjust_heap(0, last, value)
+
+    if k >= 2:  # make_heap on [0, k)
+        parent = (k - 2) // 2
+        while True:
+            adjust_heap(parent, k, q[parent])
+            if parent == 0:
+                break
+            parent -= 1
+    for i in range(k, len(q)):  # heap_select
+        if comp(q[i], q[0]):
+            pop_heap(k, i)
+    last = k
+    while last > 1:  # sort_heap
+        last -= 1
+        pop_heap(last, last)
+    return q[:k]
+
+
+def _topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores per row, highest first, in torch.topk's (CPU) order.
+
+    Rows whose top k + 1 scores hold a tie are ordered as torch orders ties (see
+    `_partial_sort_top`, exact for k * 64 <= n, which covers speciesnet's k = 5 over 2498
+    labels); otherwise ties are broken lower index first, and rows without ties sort plainly.
     """
     n = scores.shape[-1]
     index = np.broadcast_to(np.arange(n), scores.shape)
-    order = np.lexsort((index, -scores), axis=-1)
-    return order[:, :k]
+    order = np.lexsort((index, -scores), axis=-1)[:, :k]
+    if k * 64 <= n:
+        for row in range(scores.shape[0]):
+            top = scores[row, order[row]]
+            nxt = scores[row, np.lexsort((np.arange(n), -scores[row]))[min(k, n - 1)]]
+            if np.any(top[1:] == top[:-1]) or (k < n and top[-1] == nxt):
+                order[row] = _partial_sort_top(scores[row].tolist(), k)
+    return order
 
 
 def read_target_species(path: str | Path, labels: Sequence[str]) -> tuple[list[str], list[int]]:

@@ -406,3 +406,21 @@ def test_fma32_single_rounding() -> None:
     for i in range(500):
         exact = Fraction(float(a[i])) * Fraction(float(b[i])) + Fraction(float(c[i]))
         assert got[i] == _round_to_f32_exact(exact)
+
+
+def test_topk_orders_tied_scores_as_torch_does() -> None:
+    """A saturated softmax leaves exact 0.0 ties behind the top class; speciesnet reports k
+    classes anyway, in torch.topk's (libstdc++ partial_sort) order."""
+    from edgenet.classifier import _topk
+
+    one_hot = np.zeros((1, 2498), np.float32)
+    one_hot[0, 31] = 1.0
+    assert _topk(one_hot, 5)[0].tolist() == [31, 1, 3, 4, 0]  # measured with torch 2.14
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        k = int(rng.integers(1, 39))
+        v = (rng.integers(0, 4, 2498) if trial % 2 else
+             np.where(rng.random(2498) < 0.002, rng.random(2498), 0.0)).astype(np.float32)
+        want = torch.topk(torch.from_numpy(v), k).indices.tolist()
+        assert _topk(v[None], k)[0].tolist() == want
