@@ -387,12 +387,12 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     """
     n = scores.shape[-1]
     index = np.broadcast_to(np.arange(n), scores.shape)
-    order = np.lexsort((index, -scores), axis=-1)[:, :k]
+    full = np.lexsort((index, -scores), axis=-1)
+    order = full[:, :k].copy()
     if k * 64 <= n:
         for row in range(scores.shape[0]):
-            top = scores[row, order[row]]
-            nxt = scores[row, np.lexsort((np.arange(n), -scores[row]))[min(k, n - 1)]]
-            if np.any(top[1:] == top[:-1]) or (k < n and top[-1] == nxt):
+            ranked = scores[row, full[row, :min(k + 1, n)]]  # the top k and the next one
+            if np.any(ranked[1:] == ranked[:-1]):
                 order[row] = _partial_sort_top(scores[row].tolist(), k)
     return order
 

@@ -234,6 +234,7 @@ def read_labels(path: Path) -> list[str]:
 
 _HASH_CACHE: dict[str, str] = {}
 _HASH_CACHE_FILE = "sha256-verified.json"
+_PERSISTENT: dict[Path, dict[str, str]] = {}
 
 
 def _hash_key(path: Path) -> str:
@@ -244,14 +245,18 @@ def _hash_key(path: Path) -> str:
 
 
 def _persistent_hashes() -> tuple[Path, dict[str, str]]:
+    """The digests file and its content, read once per process and cache location."""
     from edgenet.providers import cache_dir
 
     where = cache_dir() / _HASH_CACHE_FILE
-    try:
-        data = json.loads(where.read_text(encoding="utf-8"))
-        return where, {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return where, {}
+    if where not in _PERSISTENT:
+        try:
+            data = json.loads(where.read_text(encoding="utf-8"))
+            _PERSISTENT[where] = ({str(k): str(v) for k, v in data.items()}
+                                  if isinstance(data, dict) else {})
+        except (OSError, ValueError):
+            _PERSISTENT[where] = {}
+    return where, _PERSISTENT[where]
 
 
 def _sha256(path: Path) -> str:
@@ -275,7 +280,8 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     _HASH_CACHE[key] = h.hexdigest()
-    known = {k: v for k, v in known.items() if Path(k.split("|", 1)[0]).exists()}
+    for stale in [k for k in known if not Path(k.split("|", 1)[0]).exists()]:
+        del known[stale]
     known[key] = _HASH_CACHE[key]
     try:
         where.parent.mkdir(parents=True, exist_ok=True)

@@ -186,6 +186,7 @@ def test_verified_digests_are_remembered_across_runs_but_not_across_edits(
     cache = tmp_path / "home" / "sha256-verified.json"
     assert len(json.loads(cache.read_text())) == 3  # detector, classifier, labels
     monkeypatch.setattr(pack_mod, "_HASH_CACHE", {})  # a new process
+    monkeypatch.setattr(pack_mod, "_PERSISTENT", {})
     hashed: list[str] = []
     real_sha256 = hashlib.sha256
 
