@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -165,6 +166,7 @@ def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None,
                 return
             stop.wait(0.05)
 
+    gpu = _GpuMemory()
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     wait4_peak = None
@@ -183,6 +185,7 @@ def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None,
         proc.wait(timeout=timeout)
     wall = time.perf_counter() - t0
     stop.set()
+    gpu.stop()
     poller.join(timeout=2)
     reader.join(timeout=5)
     out = b"".join(chunks).decode("utf-8", "replace")
@@ -192,8 +195,45 @@ def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None,
         "wall_s": wall,
         "peak_rss_tree_mb": peak_tree or None,
         "peak_rss_wait4_mb": wait4_peak,
+        "peak_gpu_mb": gpu.peak_mb,
         "output_tail": out[-2000:],
     }
+
+
+class _GpuMemory:
+    """Peak GPU memory in use while a command runs, above what was in use before it started
+    (NVML through nvidia-ml-py, polled every 50 ms; GPU 0). Does nothing without NVML or a
+    GPU: `peak_mb` stays None. One command at a time runs, so the difference is its own."""
+
+    def __init__(self) -> None:
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # noqa: BLE001 - no NVML, no driver, no GPU: nothing to measure
+            return
+        base = pynvml.nvmlDeviceGetMemoryInfo(handle).used
+
+        def poll() -> None:
+            peak = 0
+            while not self._stop.is_set():
+                try:
+                    peak = max(peak, pynvml.nvmlDeviceGetMemoryInfo(handle).used - base)
+                except Exception:  # noqa: BLE001
+                    break
+                self.peak_mb = peak / 2**20
+                self._stop.wait(0.05)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if hasattr(self, "_thread"):
+            self._thread.join(timeout=2)
 
 
 _SIZE_SNIPPET = r'''
@@ -433,14 +473,18 @@ def _peak(run: Mapping[str, Any]) -> float | None:
 def render_table(result: Mapping[str, Any]) -> str:
     """The one side-by-side table (README leads with it)."""
     m = result["machine"]
+    gpus = ", ".join(g.get("name", "?") for g in m.get("gpus") or [])
+    with_gpu = any(r.get("peak_gpu_mb") is not None for r in result["rows"])
     lines = [
         f"{result['images']} images ({result['images_dir']}), {result['size']}-size synthetic "
-        f"weights; {m.get('cpu')}, {m.get('usable_cores', m.get('logical_cores'))} cores, "
-        f"onnxruntime {m.get('onnxruntime')}; {result['created']}",
+        f"weights; {m.get('cpu')}, {m.get('usable_cores', m.get('logical_cores'))} cores"
+        f"{', ' + gpus if gpus else ''}, onnxruntime {m.get('onnxruntime')}; "
+        f"{result['created']}",
         "",
         "| | images/s (wall, incl. start-up) | speed-up | wall (s) | cold start, 1 image (s) "
-        "| peak RSS (MB) | installed env (MB) | predictions vs speciesnet | fidelity vs fp32 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| peak RSS (MB) |{' peak GPU memory (MB) |' if with_gpu else ''} installed env (MB) "
+        "| predictions vs speciesnet | fidelity vs fp32 |",
+        f"|---|---|---|---|---|---|{'---|' if with_gpu else ''}---|---|---|",
     ]
     ref_ips = None
     for row in result["rows"]:
@@ -458,6 +502,7 @@ def render_table(result: Mapping[str, Any]) -> str:
         lines.append(
             f"| {row['name']} | {f(ips, 3)} | {speed} | {f(row.get('wall_s'), 1)} | "
             f"{f(row.get('cold_start_s'), 1)} | {f(row.get('peak_rss_mb'), 0)} | "
+            f"{f(row.get('peak_gpu_mb'), 0) + ' | ' if with_gpu else ''}"
             f"{f(env_mb / 2**20 if env_mb else None, 0)} | {row.get('agreement', '-')} | "
             f"{row.get('fidelity', '-')} |"
         )
@@ -489,12 +534,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--no-cold", action="store_true", help="skip the one-image runs")
     p.add_argument("--force", action="store_true", help="rebuild the weights and pack")
+    p.add_argument("--source", type=Path, default=None,
+                   help="an existing SpeciesNet model folder (with --pack: nothing is built)")
+    p.add_argument("--pack", type=Path, default=None, help="its converted edgenet pack")
+    p.add_argument("--no-env-size", action="store_true",
+                   help="skip the installed-size column (e.g. a shared, preinstalled Python)")
     a = p.parse_args(argv)
 
     work: Path = a.work
     work.mkdir(parents=True, exist_ok=True)
     try:
-        src, pack = build_source_and_pack(work, a.size, force=a.force)
+        if (a.source is None) != (a.pack is None):
+            raise StepFailed("--source and --pack go together")
+        src, pack = (a.source, a.pack) if a.source is not None else build_source_and_pack(
+            work, a.size, force=a.force)
     except StepFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -512,7 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref_preds = None
 
     if not a.skip_reference:
-        if not a.reference_python or not Path(a.reference_python).exists():
+        if not a.reference_python or not (Path(a.reference_python).exists()
+                                          or shutil.which(a.reference_python)):
             raise SystemExit("reference python not found: set EDGENET_REFERENCE_PYTHON or "
                              "pass --reference-python (or --skip-reference)")
 
@@ -534,11 +588,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             cold_out = work / "reference_one.json"
             cold_out.unlink(missing_ok=True)
             row["cold_start_s"] = run_measured(ref_cmd(one, cold_out), env)["wall_s"]
-        row["env_bytes"] = site_packages_size(a.reference_python)["bytes"]
+        if not a.no_env_size:
+            row["env_bytes"] = site_packages_size(a.reference_python)["bytes"]
         row["run"] = run
         rows.append(row)
 
-    env_size = runtime_env_size(sys.executable)
+    env_size = ({"bytes": None, "distributions": None} if a.no_env_size
+                else runtime_env_size(sys.executable))
     from edgenet.bench import fidelity_summary
 
     info = json.loads((pack / "info.json").read_text())
@@ -589,7 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _row_numbers(run: Mapping[str, Any], n: int) -> dict[str, Any]:
     return {"wall_s": run["wall_s"], "images_per_s": _images_per_s(run, n),
-            "peak_rss_mb": _peak(run), "returncode": run["returncode"]}
+            "peak_rss_mb": _peak(run), "peak_gpu_mb": run.get("peak_gpu_mb"),
+            "returncode": run["returncode"]}
 
 
 if __name__ == "__main__":

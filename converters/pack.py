@@ -494,7 +494,40 @@ def convert_pack(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    prepare_cpu_sessions(dst, log)
     return dst
+
+
+def prepare_cpu_sessions(pack: Path, log: LogFn = _quiet) -> int:
+    """Build each CPU model of PACK once, so onnxruntime's optimised graph is cached now.
+
+    Why: the first `edgenet run` of a new pack otherwise optimises and saves the graph itself,
+    which on the full-size pack took its peak RSS from 2.75 GB to 4.26 GB (above speciesnet's
+    3.8 GB; benchmarks/NOTES.md, entry 6) and cost ~1 s. The cache is keyed by the files' final
+    path, so this runs after the pack is in place. Never fails a conversion: a model that does
+    not load here is reported by `edgenet run` itself. Returns the number of models prepared.
+    """
+    from edgenet.providers import make_session, optimized_model_path
+
+    info = json.loads((pack / "info.json").read_text(encoding="utf-8"))
+    names = [info["detector"], info["classifier"]]
+    for variant, files in (info.get("edgenet", {}).get("variants") or {}).items():
+        if variant != "fp16":  # fp16 graphs are for GPUs; on a CPU they run through casts
+            names += [files["detector"], files["classifier"]]
+    done = 0
+    for name in names:
+        path = pack / name
+        try:
+            cached = optimized_model_path(path, ["CPUExecutionProvider"])
+            if cached is None or cached.is_file():
+                continue
+            make_session(path, "cpu")
+            done += cached.is_file()
+        except Exception as exc:  # noqa: BLE001 - a cache is an optimisation only
+            log(f"note: could not prepare the CPU session cache for {name}: {exc}")
+    if done:
+        log(f"prepared the CPU session cache for {done} model(s)")
+    return done
 
 
 # A variant is called "close" to fp32 when, on the check images, at least this share of the

@@ -12,11 +12,17 @@ use it on CUDA/TensorRT/DirectML/CoreML, use fp32 or int8 on CPU.
 
 int8 (for CPUs and small devices): onnxruntime static quantization in QDQ format (what its CPU
 and TensorRT kernels fuse), signed int8 weights per output channel (convolution filters of one
-layer differ in scale by orders of magnitude after BatchNorm folding) and signed int8
-activations (S8S8, onnxruntime's recommended CPU default, safe on CPUs without VNNI), ranges
-from MinMax calibration on a handful of real images. Post-processing nodes (everything after
-the last Conv/MatMul/Gemm: YOLO's sigmoid/grid/anchor arithmetic, the classifier's bias add)
-stay float: box coordinates in pixels and grid offsets would lose whole pixels in int8.
+layer differ in scale by orders of magnitude after BatchNorm folding) and UNSIGNED 8-bit
+activations (U8S8), ranges from MinMax calibration on a handful of real images. Why U8 and not
+S8 activations: measured with onnxruntime 1.32 on x86-64, a QDQ graph with int8 activations is
+not fused at all (every Conv runs in float between QuantizeLinear/DequantizeLinear pairs: the
+full int8 detector took 5.1 s vs 2.9 s fp32), while with uint8 activations the same graph
+becomes QLinearConv -> QLinearSigmoid -> QLinearMul end to end (benchmarks/NOTES.md, entry 6).
+Caveat: on x86 CPUs without VNNI, U8S8 products can saturate (onnxruntime's docs suggest
+reduce_range there); the pack's fidelity.json is measured on the converting machine.
+Post-processing nodes (everything after the last Conv/MatMul/Gemm: YOLO's sigmoid/grid/anchor
+arithmetic, the classifier's bias add) stay float: box coordinates in pixels and grid offsets
+would lose whole pixels in int8. So do the output layers themselves (`output_layer_nodes`).
 """
 
 from __future__ import annotations
@@ -61,6 +67,23 @@ def postprocess_nodes(model: Any) -> list[str]:
             if n.op_type not in COMPUTE_OPS and not feeds[i] and n.name]
 
 
+def output_layer_nodes(model: Any) -> list[str]:
+    """Names of the compute nodes (Conv/MatMul/Gemm) with no compute node downstream: the
+    layers that write the model's logits (YOLO's four Detect convolutions, the classifier's
+    last dense layer). They stay float in the int8 variant (see `to_int8`)."""
+    nodes = list(model.graph.node)
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
+    feeds = [False] * len(nodes)
+    for i in range(len(nodes) - 1, -1, -1):
+        feeds[i] = any(nodes[j].op_type in COMPUTE_OPS or feeds[j]
+                       for out in nodes[i].output for j in consumers.get(out, []))
+    return [n.name for i, n in enumerate(nodes)
+            if n.op_type in COMPUTE_OPS and not feeds[i] and n.name]
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over a list of input arrays."""
 
@@ -85,7 +108,7 @@ class _Reader:
 
 
 def to_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], *,
-            per_channel: bool = True) -> dict[str, Any]:
+            per_channel: bool = True, float_output_layers: bool = True) -> dict[str, Any]:
     """Static QDQ int8 quantization of SRC with CALIBRATION inputs (each one model input)."""
     import onnx
     from onnxruntime.quantization import (
@@ -103,7 +126,11 @@ def to_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], *,
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{i}"
-    exclude = postprocess_nodes(model)
+    # Float: the post-processing (box arithmetic) and the output layers. An int8 output layer
+    # quantizes logits, whose range spans large negative objectness offsets and positive
+    # peaks, with one scale: measured on the full synthetic pack (benchmarks/NOTES.md, entry 6).
+    heads = output_layer_nodes(model) if float_output_layers else []
+    exclude = postprocess_nodes(model) + heads
     dst = Path(dst)
     tmp_in = dst.with_name(dst.stem + ".named.onnx")
     onnx.save(model, str(tmp_in))
@@ -115,7 +142,7 @@ def to_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], *,
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             reduce_range=False,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=exclude,
@@ -137,11 +164,12 @@ def to_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], *,
         "method": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
         "weights": "int8 symmetric" + (" per-channel" if per_channel else ""),
-        "activations": "int8 asymmetric",
+        "activations": "uint8 asymmetric",
         "calibration": "MinMax",
         "calibration_samples": len(calibration),
         "calibration_shapes": sorted({str(list(np.shape(x))) for x in calibration}),
-        "float_postprocess_nodes": len(exclude),
+        "float_postprocess_nodes": len(exclude) - len(heads),
+        "float_output_layers": heads,
     }
 
 

@@ -471,6 +471,9 @@ class ClassifierModel:
 
             session = make_session(self.path, device, threads, precision)
         self.session = session
+        # Rows per session run, padded (set by the pipeline on GPU providers; see
+        # `edgenet.providers.SHAPE_SENSITIVE_PROVIDERS`). None: whatever arrives.
+        self.fixed_batch: int | None = None
         inp = session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
@@ -494,7 +497,13 @@ class ClassifierModel:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         if x.dtype != self.input_dtype:
             x = x.astype(self.input_dtype)
-        (logits,) = self.session.run([self.output_name], {self.input_name: x})
+        from edgenet.providers import run_fixed_batches, run_with_iobinding
+
+        def run(rows: np.ndarray) -> np.ndarray:
+            return run_with_iobinding(self.session, {self.input_name: rows},
+                                      [self.output_name])[0]
+
+        logits = run_fixed_batches(run, x, self.fixed_batch) if self.fixed_batch else run(x)
         logits = np.asarray(logits, dtype=np.float32)
         if logits.ndim != 2 or logits.shape[1] != len(self.labels):
             # Only reachable when the model's output width is symbolic (pack check skipped).

@@ -439,6 +439,7 @@ def load_components(config: PipelineConfig) -> Components:
             target_species_txt=config.target_species_txt,
             session=session,
         )
+    _fix_batch_shapes(comps, config.batch_size)
     if need_ensemble and comps.ensemble is None:
         from edgenet.ensemble import Ensemble
 
@@ -450,6 +451,20 @@ def load_components(config: PipelineConfig) -> Components:
         )
     comps.load_seconds = time.perf_counter() - start
     return comps
+
+
+def _fix_batch_shapes(comps: Components, batch_size: int) -> None:
+    """On GPU providers, run the models at exactly `batch_size` rows (padded), so that each
+    new partial-batch size does not cost a new kernel selection (providers.py says why)."""
+    from edgenet.providers import is_shape_sensitive
+
+    if batch_size <= 1 or os.environ.get("EDGENET_FIXED_BATCH", "auto") == "0":
+        return
+    for model in (comps.detector, comps.classifier):
+        if model is not None and hasattr(model, "fixed_batch") and (
+                is_shape_sensitive(getattr(model, "session", None))
+                or os.environ.get("EDGENET_FIXED_BATCH") == "1"):
+            model.fixed_batch = batch_size
 
 
 # --------------------------------------------------------------------------------------------

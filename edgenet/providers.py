@@ -56,6 +56,45 @@ INSTALL_HINTS: dict[str, str] = {
 _CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
+# Execution providers on which every new input shape is expensive (kernel selection, plan or
+# engine building per shape). Measured on an H100 with onnxruntime-gpu 1.31 and cuDNN 9
+# (benchmarks/NOTES.md, entry 7): the full classifier's first run at a new batch size took
+# 3.8 s (fp32) to 9.4 s (fp16), every later run at that size 12-17 ms; crops arrive in batches
+# of every size from 1 to --batch-size, so each size paid that once. On these providers the
+# models run fixed-size batches (`run_fixed_batches`); on the CPU a new shape costs nothing.
+SHAPE_SENSITIVE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider",
+                             "DmlExecutionProvider", "ROCMExecutionProvider",
+                             "MIGraphXExecutionProvider", "CoreMLExecutionProvider")
+
+
+def is_shape_sensitive(sess: Any) -> bool:
+    """True when SESS runs on a provider that pays for every new input shape."""
+    try:
+        return sess.get_providers()[0] in SHAPE_SENSITIVE_PROVIDERS
+    except (AttributeError, IndexError):
+        return False
+
+
+def run_fixed_batches(run: Any, x: np.ndarray, size: int) -> np.ndarray:
+    """RUN (array -> array, row for row) over X in batches of exactly SIZE rows.
+
+    The last batch is padded with zero rows, whose outputs are dropped: one input shape per
+    image size reaches the device. Rows are independent in inference (no batch statistics),
+    so a row's output does not depend on its batch-mates.
+    """
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    outs = []
+    for start in range(0, len(x), size):
+        chunk = x[start:start + size]
+        n = len(chunk)
+        if n < size:
+            pad = np.zeros((size - n, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        outs.append(np.asarray(run(chunk))[:n])
+    return np.concatenate(outs) if outs else np.asarray(run(x))
+
+
 def cache_dir() -> Path:
     """edgenet's cache root: `$EDGENET_HOME`, else `~/.cache/edgenet` (as the pack default)."""
     home = os.environ.get("EDGENET_HOME")

@@ -511,3 +511,25 @@ def test_side_by_side_on_tiny_synthetic_weights(ref_python: Path, speciesnet_ima
     cmp = ours["comparison"]
     assert cmp["images"] == 14 and cmp["mismatched_images"] == 0, cmp["problems"][:20]
     assert "| edgenet fp32 |" in (tmp_path / "compare.md").read_text()
+
+
+def test_gpu_staging_reassembles_files_across_parts(tmp_path, monkeypatch) -> None:
+    """benchmarks/gpu_device.py: files cut into parts arrive in order and come out whole,
+    sha256-checked; a part out of order is refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_device", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_device.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    monkeypatch.setattr(gpu, "ROOT", tmp_path / "device")
+    monkeypatch.setattr(gpu, "PARTS", tmp_path / "parts")
+    files = [("a.bin", bytes(range(256)) * 40), ("b.bin", b"x" * 5000), ("c.bin", b"yz" * 3)]
+    parts = gpu.write_parts(files, tmp_path / "parts", 4096)
+    assert parts == 4
+    with pytest.raises(SystemExit, match="order"):
+        gpu.receive(2)
+    for k in range(1, parts + 1):
+        gpu.receive(k)
+    for name, data in files:
+        assert (tmp_path / "device" / "files" / name).read_bytes() == data

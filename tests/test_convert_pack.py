@@ -178,6 +178,26 @@ def test_onnx_metadata_carries_labels_and_sources(tiny_pack: Path) -> None:
 
 
 @pytest.mark.convert
+def test_cpu_session_cache_prepared_once(tiny_pack: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """convert_pack ends by building the CPU models once, so the pack's first run neither
+    optimises nor saves graphs (that save raised the full pack's first-run peak RSS)."""
+    from converters.pack import prepare_cpu_sessions
+    from edgenet.providers import optimized_model_path
+
+    monkeypatch.setenv("EDGENET_ORT_CACHE", "1")
+    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
+    info = json.loads((tiny_pack / "info.json").read_text())
+    models = [info["detector"], info["classifier"]] + [
+        f for v, files in info["edgenet"]["variants"].items() if v != "fp16"
+        for f in files.values()]
+    assert prepare_cpu_sessions(tiny_pack) == len(models)
+    for name in models:
+        cached = optimized_model_path(tiny_pack / name, ["CPUExecutionProvider"])
+        assert cached is not None and cached.is_file()
+    assert prepare_cpu_sessions(tiny_pack) == 0  # already there
+
+
 def test_conversion_needs_no_yolov5(tiny_pack: Path) -> None:
     """The dev environment has no yolov5 package: the conversion above used our modules."""
     if importlib.util.find_spec("yolov5") is not None:

@@ -80,6 +80,53 @@ def test_same_json_for_any_batch_size_and_worker_count(tiny, baseline, batch_siz
     assert stats["timings"]["detector"] > 0 and stats["counts"]["crops"] > 0
 
 
+@pytest.mark.parametrize("batch_size", [5, 7])
+def test_fixed_batch_padding_gives_the_same_json(tiny, baseline, batch_size, monkeypatch):
+    # What GPU providers get (providers.SHAPE_SENSITIVE_PROVIDERS): every session run at
+    # exactly batch_size rows, zero-padded. Forced here on the CPU.
+    from edgenet import providers
+
+    monkeypatch.setenv("EDGENET_FIXED_BATCH", "1")
+    sizes: list[int] = []
+    real = providers.run_with_iobinding
+
+    def spy(sess, feeds, names=None):
+        sizes.append(len(next(iter(feeds.values()))))
+        return real(sess, feeds, names)
+
+    monkeypatch.setattr(providers, "run_with_iobinding", spy)
+    monkeypatch.setattr("edgenet.detector.run_with_iobinding", spy)
+    preds, stats = _run(tiny, batch_size=batch_size, workers=0)
+    assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
+    assert stats["counts"]["crops"] % batch_size != 0  # some batch really was padded
+    assert sizes and set(sizes) == {batch_size}
+
+
+def test_run_fixed_batches_pads_and_trims() -> None:
+    import numpy as np
+
+    from edgenet.providers import run_fixed_batches
+
+    seen: list[int] = []
+
+    def double(x):
+        seen.append(len(x))
+        return x * 2
+
+    x = np.arange(7 * 2, dtype=np.float32).reshape(7, 2)
+    out = run_fixed_batches(double, x, 3)
+    assert seen == [3, 3, 3] and np.array_equal(out, x * 2)
+    with pytest.raises(ValueError):
+        run_fixed_batches(double, x, 0)
+
+
+def test_fixed_batch_only_on_shape_sensitive_providers(tiny, monkeypatch) -> None:
+    monkeypatch.delenv("EDGENET_FIXED_BATCH", raising=False)
+    comps = pipeline.load_components(pipeline.PipelineConfig(
+        instances=[], model=tiny["pack"], batch_size=4))
+    assert comps.detector.fixed_batch is None and comps.classifier.fixed_batch is None
+
+
 def test_component_modes_chain(tiny, baseline, tmp_path: Path) -> None:
     det_path, cls_path, ens_path = (tmp_path / n for n in ("d.json", "c.json", "e.json"))
     dets, _ = _run(tiny, mode="detector", predictions_json=det_path)

@@ -113,6 +113,32 @@ def test_postprocess_nodes_are_the_decode_head(tmp_path: Path) -> None:
     assert quantize.postprocess_nodes(cls) == ["fc_bias"]
 
 
+def test_output_layers_are_the_last_compute_nodes(tmp_path: Path) -> None:
+    assert quantize.output_layer_nodes(onnx.load(str(make_detector(tmp_path / "d.onnx")))) == [
+        "head_conv"]
+    assert quantize.output_layer_nodes(onnx.load(str(make_classifier(tmp_path / "c.onnx")))) == [
+        "fc"]
+
+
+def test_int8_detector_fuses_into_integer_kernels(tmp_path: Path, images: list) -> None:
+    # uint8 activations: onnxruntime's CPU EP turns DQ -> Conv -> Q into QLinearConv (and the
+    # SiLU into QLinearSigmoid/QLinearMul). With int8 activations it did not fuse on x86-64
+    # and the "int8" model ran float convolutions, slower than fp32 (NOTES.md, entry 6).
+    import onnxruntime as ort
+
+    src = make_detector(tmp_path / "d.onnx")
+    how = quantize.to_int8(src, tmp_path / "d8.onnx", fidelity.detector_inputs(images, 192))
+    assert how["activations"] == "uint8 asymmetric"
+    assert how["float_output_layers"] == ["head_conv"]
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "d8.opt.onnx")
+    ort.InferenceSession(str(tmp_path / "d8.onnx"), so, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "d8.opt.onnx")).graph.node}
+    assert "QLinearConv" in ops
+    heads = [n for n in onnx.load(str(tmp_path / "d8.onnx")).graph.node if n.name == "head_conv"]
+    assert heads and heads[0].op_type == "Conv"  # the output layer stayed float
+
+
 def test_fp16_keeps_float32_io_and_stays_close(tmp_path: Path, images: list) -> None:
     src = make_detector(tmp_path / "d.onnx")
     how = quantize.to_fp16(src, tmp_path / "d16.onnx")

@@ -1,0 +1,402 @@
+#!/usr/bin/env python
+"""The GPU side-by-side run, on a lent machine that reaches no network (the `device` tool).
+
+Such a machine has CUDA, PyTorch and a CPU-only onnxruntime, nothing of speciesnet's own
+dependencies, no TensorFlow (so the synthetic classifier cannot be rebuilt there), and takes
+at most ~60 MB of files per call. So the run is staged:
+
+    python benchmarks/gpu_device.py payload                  # here: writes .gpu/call1..N
+    python3 benchmarks/gpu_device.py receive K               # there, once per call K = 1..N
+    python3 benchmarks/gpu_device.py bench                   # there, after the last part
+
+`payload` packs, in this order, the pure-Python wheels speciesnet 5.0.6 needs beyond what the
+machine has (.gpu/wheels, fetched with `pip download --no-deps`), the 14 speciesnet test images,
+the label/taxonomy/geofence files of the local full-size synthetic folder, its classifier
+(`.pt`, stored as fp16 to halve the transfer; cast back to fp32 there, so both tools read the
+same fp32 weights), and onnxruntime-gpu (its CUDA provider library xz-compressed, the unused C
+API library left out) into one byte stream cut into parts of PART_BYTES.
+
+`receive K` appends part K to the stream under /tmp/gpu, unpacks every file that is complete,
+and, once the wheels, images and metadata are there, starts `build` in its own session (it
+outlives the call): it builds the full-size synthetic detector there (same code and seed,
+calibrated on the 14 images: the weights differ from the local build, but both tools read
+the same files), assembles the SpeciesNet folder and converts it with `edgenet convert pack`
+(fp16 variant). `bench` waits for that, then runs `benchmarks/compare_reference.py` on the GPU
+twice (the 14 images with cold starts, and the same images copied 24 times for a throughput
+run) plus `edgenet bench`, and copies the tables to $OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL = REPO / ".gpu"  # wheels/ and clf/ live here; git-ignored through .git/info/exclude
+SYNTH = REPO / "out" / "benchmarks" / "synth_full"
+SHARED = REPO.parent / "shared"
+PART_BYTES = 58_000_000  # + the ~5 MB working tree stays under the tool's 64 MiB per call
+ROOT = Path("/tmp/gpu")  # on the device
+# EDGENET_GPU_DRY=1 rehearses the whole staging here, on the CPU, with tiny weights (the
+# device time is too short to debug there): payload --synth out/benchmarks/synth_tiny, then
+# receive/bench with this interpreter.
+DRY = os.environ.get("EDGENET_GPU_DRY") == "1"
+SIZE = "tiny" if DRY else "full"
+DEVICE = "cpu" if DRY else "cuda"
+COPIES = 2 if DRY else 24  # throughput set: the 14 test images x COPIES
+PARTS = REPO / (".gpu-dry" if DRY else ".gpu")  # callK/ folders, one per device call
+# What the device's image has and a dev venv lacks (pandas, scipy, ...), for the rehearsal.
+EXTRA = ":" + os.environ["EDGENET_GPU_DRY_EXTRA"] if os.environ.get("EDGENET_GPU_DRY_EXTRA") else ""
+
+
+# ------------------------------------------------------------------------------ here
+
+
+def _tar_bytes(members: list[tuple[Path, str]], compress: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz" if compress else "w") as tar:
+        for path, name in members:
+            tar.add(path, arcname=name)
+    return buf.getvalue()
+
+
+def payload(ort_wheel: Path, synth: Path = SYNTH) -> None:
+    import zipfile
+
+    files: list[tuple[str, bytes]] = []
+    wheels = sorted((LOCAL / "wheels").glob("*.whl"))
+    files.append(("wheels.tar", _tar_bytes([(w, w.name) for w in wheels])))
+    imgs = SHARED / "images" / "speciesnet_test_data"
+    files.append(("images.tar", _tar_bytes([(imgs, "speciesnet_test_data")])))
+    info = json.loads((synth / "info.json").read_text())
+    meta = [(synth / info[k], info[k]) for k in ("classifier_labels", "taxonomy", "geofence")]
+    meta.append((SHARED / "data" / "speciesnet", "data_speciesnet"))
+    files.append(("meta.tar", _tar_bytes(meta)))
+    clf16 = LOCAL / "clf" / (Path(info["classifier"]).stem + ".fp16.pt")
+    if not clf16.is_file():
+        raise SystemExit(f"missing {clf16}: write it with the reference venv's torch "
+                         "(torch.load(...).half(); torch.save)")
+    files.append(("classifier.fp16.pt", clf16.read_bytes()))
+    big = "onnxruntime/capi/libonnxruntime_providers_cuda.so"
+    skip = {big, "onnxruntime/capi/libonnxruntime.so." + ort_wheel.name.split("-")[1]}
+    rest = io.BytesIO()
+    with zipfile.ZipFile(ort_wheel) as zf, tarfile.open(fileobj=rest, mode="w:xz") as tar:
+        for item in zf.infolist():
+            if item.is_dir() or item.filename in skip:
+                continue
+            data = zf.read(item)
+            ti = tarfile.TarInfo(item.filename)
+            ti.size, ti.mode = len(data), 0o755 if item.filename.endswith(".so") else 0o644
+            tar.addfile(ti, io.BytesIO(data))
+        cuda = zf.read(big)
+    files.append(("ort_rest.tar.xz", rest.getvalue()))
+    cached = LOCAL / "ort_cuda.so.xz"  # minutes to compress: kept
+    if not cached.is_file():
+        cached.write_bytes(lzma.compress(cuda, preset=9 | lzma.PRESET_EXTREME))
+    files.append(("ort_cuda.so.xz", cached.read_bytes()))
+
+    write_parts(files, PARTS, PART_BYTES)
+
+
+def write_parts(files: list[tuple[str, bytes]], parts_dir: Path, part_bytes: int) -> int:
+    """FILES (name, bytes), in order, as one stream cut into `parts_dir/callK/part` files of
+    PART_BYTES with a manifest each (offset, size and sha256 of every file); returns K."""
+    stream = b"".join(data for _, data in files)
+    manifest, offset = [], 0
+    for name, data in files:
+        manifest.append({"name": name, "offset": offset, "size": len(data),
+                         "sha256": hashlib.sha256(data).hexdigest()})
+        offset += len(data)
+    parts = (len(stream) + part_bytes - 1) // part_bytes
+    for k in range(parts):
+        d = parts_dir / f"call{k + 1}"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        (d / "part").write_bytes(stream[k * part_bytes:(k + 1) * part_bytes])
+        (d / "manifest.json").write_text(json.dumps(
+            {"part": k + 1, "parts": parts, "part_bytes": part_bytes, "files": manifest}))
+    print(f"{len(stream) / 1e6:.1f} MB in {parts} parts: " + ", ".join(
+        f"{m['name']} {m['size'] / 1e6:.1f} MB" for m in manifest))
+    return parts
+
+
+# ------------------------------------------------------------------------------ there
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _unpack_ready(manifest: dict) -> list[str]:
+    stream = ROOT / "stream"
+    have = stream.stat().st_size if stream.exists() else 0
+    done = []
+    for m in manifest["files"]:
+        flag = ROOT / "files" / (m["name"] + ".ok")
+        if flag.exists() or m["offset"] + m["size"] > have:
+            continue
+        with open(stream, "rb") as f:
+            f.seek(m["offset"])
+            data = f.read(m["size"])
+        if hashlib.sha256(data).hexdigest() != m["sha256"]:
+            raise SystemExit(f"{m['name']}: sha256 mismatch")
+        (ROOT / "files").mkdir(parents=True, exist_ok=True)
+        (ROOT / "files" / m["name"]).write_bytes(data)
+        flag.touch()
+        done.append(m["name"])
+    return done
+
+
+def _nvidia_lib_dirs() -> list[str]:
+    import site
+
+    dirs = []
+    for sp in site.getsitepackages():
+        dirs += sorted(str(p) for p in Path(sp, "nvidia").glob("**/lib") if p.is_dir())
+    return dirs
+
+
+def receive(k: int) -> None:
+    src = PARTS / f"call{k}"
+    manifest = json.loads((src / "manifest.json").read_text())
+    ROOT.mkdir(parents=True, exist_ok=True)
+    got = ROOT / "parts_received"
+    received = int(got.read_text()) if got.exists() else 0
+    if k != received + 1:
+        raise SystemExit(f"part {k} arrived after part {received}: send them in order")
+    with open(ROOT / "stream", "ab") as out, open(src / "part", "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 22)
+    got.write_text(str(k))
+    (src / "part").unlink()
+    new = _unpack_ready(manifest)
+    _log(f"part {k}/{manifest['parts']} in; unpacked {new or 'nothing new'}")
+    files = ROOT / "files"
+    if "meta.tar" in new:
+        site = ROOT / "site"
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                        "--no-compile", "--target", str(site), *[str(p) for p in _untar(
+                            files / "wheels.tar", ROOT / "wheels").glob("*.whl")]], check=True)
+        shared = ROOT / "shared"
+        _untar(files / "images.tar", shared / "images")
+        _untar(files / "meta.tar", ROOT / "meta")
+        (shared / "data").mkdir(parents=True, exist_ok=True)
+        if not (shared / "data" / "speciesnet").exists():
+            shutil.copytree(ROOT / "meta" / "data_speciesnet", shared / "data" / "speciesnet")
+        _start_build()
+    elif (ROOT / "meta").exists() and not (ROOT / "build.done").exists() and not _build_alive():
+        # A build that failed (or died) restarts with this call's checkout: code fixed between
+        # two calls is picked up without re-sending any part.
+        _log("previous build is not running: restarting it with this checkout")
+        _start_build()
+    if "ort_cuda.so.xz" in new:
+        ort_dir = ROOT / "ortgpu"
+        _untar(files / "ort_rest.tar.xz", ort_dir)
+        with lzma.open(files / "ort_cuda.so.xz") as f, open(
+                ort_dir / "onnxruntime" / "capi" / "libonnxruntime_providers_cuda.so", "wb") as o:
+            shutil.copyfileobj(f, o, 1 << 22)
+        _log("onnxruntime-gpu unpacked")
+    if (ROOT / "build.log").exists():
+        print((ROOT / "build.log").read_text()[-1500:], flush=True)
+
+
+def _build_alive() -> bool:
+    try:
+        os.kill(int((ROOT / "build.pid").read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return not (ROOT / "build.failed").exists()
+
+
+def _start_build() -> None:
+    site, repo = ROOT / "site", ROOT / "repo"  # a private copy: later calls re-sync the checkout
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(".gpu*", ".git", "out", ".venv*",
+                                                               "__pycache__"))
+    (ROOT / "build.failed").unlink(missing_ok=True)
+    log = open(ROOT / "build.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([sys.executable, str(repo / "benchmarks" / "gpu_device.py"),
+                             "build"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=repo,
+                            env={**os.environ, "PYTHONPATH": f"{site}:{repo}{EXTRA}",
+                                 "PYTHONUNBUFFERED": "1"})
+    (ROOT / "build.pid").write_text(str(proc.pid))
+    _log("build started in the background (/tmp/gpu/build.log)")
+
+
+def _untar(path: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path) as tar:
+        tar.extractall(dst, filter="data")
+    return dst
+
+
+def build() -> None:
+    """Runs in the background on the device: synthetic detector, classifier, pack."""
+    try:
+        _build()
+    except BaseException as exc:
+        import traceback
+
+        traceback.print_exc()
+        (ROOT / "build.failed").write_text(repr(exc))
+        _log("build FAILED")
+        raise
+
+
+def _build() -> None:
+    import torch
+
+    from converters.synth_detector import build_synthetic_megadetector
+
+    t0 = time.time()
+    work = ROOT / "work"
+    src = work / f"synth_{SIZE}"
+    src.mkdir(parents=True, exist_ok=True)
+    meta = ROOT / "meta"
+    labels = next(meta.glob("*.labels.txt"))
+    for p in [labels, meta / "taxonomy_release.txt", *meta.glob("geofence*.json")]:
+        shutil.copyfile(p, src / p.name)
+    images = sorted(p for p in (ROOT / "shared" / "images" / "speciesnet_test_data").iterdir()
+                    if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    _log(f"building the {SIZE} detector on {torch.get_num_threads()} threads, "
+         f"{len(images)} images")
+    det_pt = src / f"md_v5a_synth_{SIZE}.pt"
+    if not det_pt.is_file():  # a restarted build keeps the detector it already made
+        tmp = det_pt.with_suffix(".tmp.pt")
+        det = build_synthetic_megadetector(tmp, SIZE, images, seed=0)
+        os.replace(tmp, det_pt)
+        _log(f"detector done ({time.time() - t0:.0f} s): boxes at 0.1 per image "
+             f"{det.get('boxes_per_image_at_0.1')}")
+    clf = ROOT / "files" / "classifier.fp16.pt"
+    while not (ROOT / "files" / "classifier.fp16.pt.ok").exists():
+        time.sleep(2)
+    model = torch.load(clf, weights_only=False, map_location="cpu").float()
+    torch.save(model, src / f"always_crop_synth_{SIZE}.pt")
+    info = {"version": f"4.0.2a-synthetic-{SIZE}", "type": "always_crop",
+            "classifier": f"always_crop_synth_{SIZE}.pt", "classifier_labels": labels.name,
+            "detector": f"md_v5a_synth_{SIZE}.pt", "taxonomy": "taxonomy_release.txt",
+            "geofence": next(meta.glob("geofence*.json")).name,
+            "edgenet_synthetic": {"size": SIZE, "seed": 0, "note": "built on the GPU machine "
+                                  "by benchmarks/gpu_device.py (classifier from the local "
+                                  "build, fp16-rounded)"}}
+    (src / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    _log(f"source folder ready ({time.time() - t0:.0f} s); converting")
+    r = subprocess.run([sys.executable, "-m", "edgenet.cli", "convert", "pack", str(src),
+                        str(work / f"pack_{SIZE}"), "--variants", "fp16", "--max-images", "3",
+                        "--force"], text=True, capture_output=True)
+    print(r.stdout[-3000:], r.stderr[-3000:], flush=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"convert pack exited {r.returncode}")
+    (ROOT / "build.done").touch()
+    _log(f"build done ({time.time() - t0:.0f} s)")
+
+
+def _sh(cmd: list[str], env: dict, timeout: float) -> int:
+    _log("$ " + " ".join(cmd))
+    try:
+        return subprocess.run(cmd, env=env, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        _log("timed out")
+        return 124
+    except OSError as exc:  # e.g. no nvidia-smi: report and go on with the other steps
+        _log(f"cannot run: {exc}")
+        return 127
+
+
+def bench(out: Path, budget_s: float) -> None:
+    t_end = time.monotonic() + budget_s
+    while not (ROOT / "build.done").exists():
+        if (ROOT / "build.failed").exists() or time.monotonic() > t_end - 200:
+            print((ROOT / "build.log").read_text()[-6000:])
+            raise SystemExit("build did not finish")
+        time.sleep(3)
+    _log("build log tail:\n" + (ROOT / "build.log").read_text()[-1200:])
+    shutil.copyfile(ROOT / "build.log", out / "build.log")
+    repo = ROOT / "repo"
+    ortgpu = "" if DRY else f"{ROOT / 'ortgpu'}:"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EDGENET_HOME": str(ROOT / "home"),
+           "PYTHONPATH": f"{ortgpu}{ROOT / 'site'}:{repo}{EXTRA}",
+           "LD_LIBRARY_PATH": ":".join([*_nvidia_lib_dirs(),
+                                        os.environ.get("LD_LIBRARY_PATH", "")])}
+    _sh(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"], env, 30)
+    probe = ("import onnxruntime as ort, torch; print('ort', ort.__version__, "
+             "ort.get_available_providers(), 'torch', torch.__version__, "
+             "torch.cuda.is_available())")
+    _sh([sys.executable, "-c", probe], env, 120)
+    cuda_so = ROOT / "ortgpu" / "onnxruntime" / "capi" / "libonnxruntime_providers_cuda.so"
+    _sh(["bash", "-c", f"ldd {cuda_so} | grep -i 'not found' || echo 'ldd: all found'"], env, 30)
+    work, pack = ROOT / "work", ROOT / "work" / f"pack_{SIZE}"
+    src = work / f"synth_{SIZE}"
+    common = [sys.executable, str(repo / "benchmarks" / "compare_reference.py"), "--size",
+              SIZE, "--source", str(src), "--pack", str(pack), "--reference-python",
+              sys.executable, "--no-env-size", "--precisions", "fp32,fp16",
+              "--batch-size", "8", f"--edgenet-args=--device {DEVICE} --workers 8"]
+    small = ROOT / "shared" / "images" / "speciesnet_test_data"
+    _sh([*common, "--work", str(work / "cmp14"), "--images", str(small)], env,
+        max(60, t_end - time.monotonic() - 240))
+    for name in ("compare.md", "compare.json"):
+        if (work / "cmp14" / name).is_file():
+            shutil.copyfile(work / "cmp14" / name, out / name.replace("compare", "compare14"))
+    big = ROOT / "big"
+    if not big.exists():
+        big.mkdir()
+        for p in sorted(small.iterdir()):
+            if p.name != "instances.json" and p.is_file():
+                for c in range(COPIES):
+                    os.link(p, big / f"c{c:02d}_{p.name}")
+    if t_end - time.monotonic() > 120:
+        _sh([*common, "--work", str(work / "cmpbig"), "--images", str(big), "--no-cold"], env,
+            max(60, t_end - time.monotonic() - 60))
+        for name in ("compare.md", "compare.json"):
+            if (work / "cmpbig" / name).is_file():
+                shutil.copyfile(work / "cmpbig" / name,
+                                out / name.replace("compare", "compare_big"))
+    if t_end - time.monotonic() > 50:
+        _sh([sys.executable, "-m", "edgenet.cli", "bench", "--model", str(pack), "--images",
+             str(small), "--devices", DEVICE, "--precisions", "fp32,fp16", "--batch-sizes", "1,8",
+             "--workers", "8", "--out", str(work / "bench"), "--no-peak", "--quiet"], env,
+            max(30, t_end - time.monotonic() - 10))
+        for name in ("bench.md", "bench.json", "bench.png"):
+            if (work / "bench" / name).is_file():
+                shutil.copyfile(work / "bench" / name, out / name)
+    for name in ("compare14.md", "compare_big.md", "bench.md"):
+        if (out / name).is_file():
+            print(f"\n== {name}\n" + (out / name).read_text(), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("payload")
+    pp.add_argument("--ort-wheel", type=Path, required=True)
+    pp.add_argument("--synth", type=Path, default=SYNTH, help="local synthetic folder")
+    pr = sub.add_parser("receive")
+    pr.add_argument("k", type=int)
+    sub.add_parser("build")
+    pb = sub.add_parser("bench")
+    pb.add_argument("--budget-s", type=float, default=540)
+    a = p.parse_args()
+    if a.cmd == "payload":
+        payload(a.ort_wheel, a.synth)
+    elif a.cmd == "receive":
+        receive(a.k)
+    elif a.cmd == "build":
+        build()
+    else:
+        out = Path(os.environ.get("OUT", ROOT / "out"))
+        out.mkdir(parents=True, exist_ok=True)
+        bench(out, a.budget_s)
+
+
+if __name__ == "__main__":
+    main()
