@@ -50,8 +50,9 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
             "method": "onnxruntime.transformers.float16.convert_float_to_float16"}
 
 
-def postprocess_nodes(model: Any) -> list[str]:
-    """Names of nodes after the last compute op (no Conv/MatMul/Gemm downstream of them)."""
+def _nodes_past_compute(model: Any, compute: bool) -> list[str]:
+    """Names of the nodes with no Conv/MatMul/Gemm downstream: compute nodes themselves when
+    COMPUTE, else the other ops."""
     nodes = list(model.graph.node)
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
@@ -64,24 +65,19 @@ def postprocess_nodes(model: Any) -> list[str]:
         feeds[i] = any(nodes[j].op_type in COMPUTE_OPS or feeds[j]
                        for out in nodes[i].output for j in consumers.get(out, []))
     return [n.name for i, n in enumerate(nodes)
-            if n.op_type not in COMPUTE_OPS and not feeds[i] and n.name]
+            if (n.op_type in COMPUTE_OPS) == compute and not feeds[i] and n.name]
+
+
+def postprocess_nodes(model: Any) -> list[str]:
+    """Names of nodes after the last compute op (no Conv/MatMul/Gemm downstream of them)."""
+    return _nodes_past_compute(model, compute=False)
 
 
 def output_layer_nodes(model: Any) -> list[str]:
     """Names of the compute nodes (Conv/MatMul/Gemm) with no compute node downstream: the
     layers that write the model's logits (YOLO's four Detect convolutions, the classifier's
     last dense layer). They stay float in the int8 variant (see `to_int8`)."""
-    nodes = list(model.graph.node)
-    consumers: dict[str, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            consumers.setdefault(name, []).append(i)
-    feeds = [False] * len(nodes)
-    for i in range(len(nodes) - 1, -1, -1):
-        feeds[i] = any(nodes[j].op_type in COMPUTE_OPS or feeds[j]
-                       for out in nodes[i].output for j in consumers.get(out, []))
-    return [n.name for i, n in enumerate(nodes)
-            if n.op_type in COMPUTE_OPS and not feeds[i] and n.name]
+    return _nodes_past_compute(model, compute=True)
 
 
 class _Reader:

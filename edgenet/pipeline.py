@@ -455,16 +455,17 @@ def load_components(config: PipelineConfig) -> Components:
 
 def _fix_batch_shapes(comps: Components, batch_size: int) -> None:
     """On GPU providers, run the models at exactly `batch_size` rows (padded), so that each
-    new partial-batch size does not cost a new kernel selection (providers.py says why)."""
+    new partial-batch size does not cost a new kernel selection (providers.py says why).
+    Set on every run, so models reused across runs of other batch sizes follow this one."""
     from edgenet.providers import is_shape_sensitive
 
-    if batch_size <= 1 or os.environ.get("EDGENET_FIXED_BATCH", "auto") == "0":
-        return
+    mode = os.environ.get("EDGENET_FIXED_BATCH", "auto")  # "0": never, "1": also on the CPU
     for model in (comps.detector, comps.classifier):
-        if model is not None and hasattr(model, "fixed_batch") and (
-                is_shape_sensitive(getattr(model, "session", None))
-                or os.environ.get("EDGENET_FIXED_BATCH") == "1"):
-            model.fixed_batch = batch_size
+        if model is None or not hasattr(model, "fixed_batch"):
+            continue
+        wanted = batch_size > 1 and mode != "0" and (
+            mode == "1" or is_shape_sensitive(getattr(model, "session", None)))
+        model.fixed_batch = batch_size if wanted else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,6 +628,7 @@ class PipelineRun:
             )
         self.config = config
         self.comps = components or load_components(config)
+        _fix_batch_shapes(self.comps, config.batch_size)  # reused components follow this run
         self.whole_image = self.comps.whole_image
         self.timings = dict.fromkeys(TIMING_KEYS, 0.0)
         self.counts = {"detector_batches": 0, "classifier_batches": 0, "crops": 0}
