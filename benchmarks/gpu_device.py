@@ -313,6 +313,13 @@ def _sh(cmd: list[str], env: dict, timeout: float) -> int:
         return 127
 
 
+def _collect(src: Path, names: tuple[str, ...], out: Path, stem: str) -> None:
+    """Copy SRC/NAME to OUT, NAME's stem replaced by STEM, for each NAME that exists."""
+    for name in names:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / (stem + Path(name).suffix))
+
+
 def bench(out: Path, budget_s: float) -> None:
     t_end = time.monotonic() + budget_s
     while not (ROOT / "build.done").exists():
@@ -344,9 +351,7 @@ def bench(out: Path, budget_s: float) -> None:
     small = ROOT / "shared" / "images" / "speciesnet_test_data"
     _sh([*common, "--work", str(work / "cmp14"), "--images", str(small)], env,
         max(60, t_end - time.monotonic() - 240))
-    for name in ("compare.md", "compare.json"):
-        if (work / "cmp14" / name).is_file():
-            shutil.copyfile(work / "cmp14" / name, out / name.replace("compare", "compare14"))
+    _collect(work / "cmp14", ("compare.md", "compare.json"), out, "compare14")
     big = ROOT / "big"
     if not big.exists():
         big.mkdir()
@@ -357,18 +362,13 @@ def bench(out: Path, budget_s: float) -> None:
     if t_end - time.monotonic() > 120:
         _sh([*common, "--work", str(work / "cmpbig"), "--images", str(big), "--no-cold"], env,
             max(60, t_end - time.monotonic() - 60))
-        for name in ("compare.md", "compare.json"):
-            if (work / "cmpbig" / name).is_file():
-                shutil.copyfile(work / "cmpbig" / name,
-                                out / name.replace("compare", "compare_big"))
+        _collect(work / "cmpbig", ("compare.md", "compare.json"), out, "compare_big")
     if t_end - time.monotonic() > 50:
         _sh([sys.executable, "-m", "edgenet.cli", "bench", "--model", str(pack), "--images",
              str(small), "--devices", DEVICE, "--precisions", "fp32,fp16", "--batch-sizes", "1,8",
              "--workers", "8", "--out", str(work / "bench"), "--no-peak", "--quiet"], env,
             max(30, t_end - time.monotonic() - 10))
-        for name in ("bench.md", "bench.json", "bench.png"):
-            if (work / "bench" / name).is_file():
-                shutil.copyfile(work / "bench" / name, out / name)
+        _collect(work / "bench", ("bench.md", "bench.json", "bench.png"), out, "bench")
     for name in ("compare14.md", "compare_big.md", "bench.md"):
         if (out / name).is_file():
             print(f"\n== {name}\n" + (out / name).read_text(), flush=True)

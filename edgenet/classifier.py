@@ -497,14 +497,10 @@ class ClassifierModel:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         if x.dtype != self.input_dtype:
             x = x.astype(self.input_dtype)
-        from edgenet.providers import run_fixed_batches, run_with_iobinding
+        from edgenet.providers import run_rows
 
-        def run(rows: np.ndarray) -> np.ndarray:
-            return run_with_iobinding(self.session, {self.input_name: rows},
-                                      [self.output_name])[0]
-
-        logits = run_fixed_batches(run, x, self.fixed_batch) if self.fixed_batch else run(x)
-        logits = np.asarray(logits, dtype=np.float32)
+        logits = np.asarray(run_rows(self.session, self.input_name, self.output_name, x,
+                                     self.fixed_batch), dtype=np.float32)
         if logits.ndim != 2 or logits.shape[1] != len(self.labels):
             # Only reachable when the model's output width is symbolic (pack check skipped).
             raise EdgenetError(

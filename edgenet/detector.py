@@ -22,7 +22,7 @@ from edgenet import constants
 from edgenet.constants import CATEGORY_TO_LABEL
 from edgenet.errors import PackError
 from edgenet.nms import md_bboxes_from_nms, non_max_suppression
-from edgenet.providers import make_session, run_fixed_batches, run_with_iobinding
+from edgenet.providers import make_session, run_rows
 
 # float32(x / 255) computed in double first, as the reference does (`arr / 255` on a uint8
 # array is float64; `.float()` rounds afterwards). A table is exact and faster than division.
@@ -187,12 +187,7 @@ class DetectorModel:
         batch = np.asarray(nchw)
         if batch.dtype != self.input_dtype:
             batch = batch.astype(self.input_dtype)
-
-        def run(images: np.ndarray) -> np.ndarray:
-            return run_with_iobinding(self.session, {self.input_name: images},
-                                      [self.output_name])[0]
-
-        raw = run_fixed_batches(run, batch, self.fixed_batch) if self.fixed_batch else run(batch)
+        raw = run_rows(self.session, self.input_name, self.output_name, batch, self.fixed_batch)
         return raw if raw.dtype == np.float32 else raw.astype(np.float32)
 
     @staticmethod

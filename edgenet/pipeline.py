@@ -439,7 +439,6 @@ def load_components(config: PipelineConfig) -> Components:
             target_species_txt=config.target_species_txt,
             session=session,
         )
-    _fix_batch_shapes(comps, config.batch_size)
     if need_ensemble and comps.ensemble is None:
         from edgenet.ensemble import Ensemble
 

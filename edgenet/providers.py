@@ -374,6 +374,17 @@ def describe_session(sess: ort.InferenceSession) -> str:
     )
 
 
+def run_rows(sess: ort.InferenceSession, input_name: str, output_name: str, x: np.ndarray,
+             fixed_batch: int | None = None) -> np.ndarray:
+    """OUTPUT_NAME of SESS for the rows of X (fed as INPUT_NAME): in one run, or in runs of
+    exactly FIXED_BATCH rows when set (`run_fixed_batches`), bound on the GPU when it runs
+    there (`run_with_iobinding`). What the detector and the classifier both do."""
+    def run(rows: np.ndarray) -> np.ndarray:
+        return run_with_iobinding(sess, {input_name: rows}, [output_name])[0]
+
+    return run_fixed_batches(run, x, fixed_batch) if fixed_batch else run(x)
+
+
 def run_with_iobinding(
     sess: ort.InferenceSession,
     feeds: Mapping[str, np.ndarray],

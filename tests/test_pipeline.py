@@ -95,7 +95,6 @@ def test_fixed_batch_padding_gives_the_same_json(tiny, baseline, batch_size, mon
         return real(sess, feeds, names)
 
     monkeypatch.setattr(providers, "run_with_iobinding", spy)
-    monkeypatch.setattr("edgenet.detector.run_with_iobinding", spy)
     preds, stats = _run(tiny, batch_size=batch_size, workers=0)
     assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
     assert stats["counts"]["crops"] % batch_size != 0  # some batch really was padded
