@@ -347,7 +347,7 @@ def bench(out: Path, budget_s: float) -> None:
     common = [sys.executable, str(repo / "benchmarks" / "compare_reference.py"), "--size",
               SIZE, "--source", str(src), "--pack", str(pack), "--reference-python",
               sys.executable, "--no-env-size", "--precisions", "fp32,fp16",
-              "--batch-size", "8", f"--edgenet-args=--device {DEVICE} --workers 8"]
+              "--batch-size", "8", f"--edgenet-args=--device {DEVICE}"]  # workers: default
     small = ROOT / "shared" / "images" / "speciesnet_test_data"
     _sh([*common, "--work", str(work / "cmp14"), "--images", str(small)], env,
         max(60, t_end - time.monotonic() - 240))
@@ -366,7 +366,7 @@ def bench(out: Path, budget_s: float) -> None:
     if t_end - time.monotonic() > 50:
         _sh([sys.executable, "-m", "edgenet.cli", "bench", "--model", str(pack), "--images",
              str(small), "--devices", DEVICE, "--precisions", "fp32,fp16", "--batch-sizes", "1,8",
-             "--workers", "8", "--out", str(work / "bench"), "--no-peak", "--quiet"], env,
+             "--out", str(work / "bench"), "--no-peak", "--quiet"], env,
             max(30, t_end - time.monotonic() - 10))
         _collect(work / "bench", ("bench.md", "bench.json", "bench.png"), out, "bench")
     for name in ("compare14.md", "compare_big.md", "bench.md"):

@@ -61,18 +61,6 @@ def _info(message: str, quiet: bool = False) -> None:
         typer.echo(f"edgenet: {message}", err=True)
 
 
-def default_workers() -> int:
-    """Decode workers by default: in-process on <= 2 cores, else about a quarter of the cores.
-
-    Measured on a 2-core CPU (51 images, tiny synthetic pack): one worker was slower (97 s)
-    than in-process decoding (87 s): the worker competes with onnxruntime's two threads and
-    decodes each image twice (letterbox, then crops). With more cores decoding is the
-    bottleneck feeding a GPU, and workers pay off.
-    """
-    cpus = os.cpu_count() or 1
-    return 0 if cpus <= 2 else min(4, max(1, cpus // 4))
-
-
 def _split_list(values: list[str] | None) -> list[str] | None:
     """Repeatable list flags; each value may also be comma-separated, like absl's lists.
 
@@ -155,8 +143,10 @@ def run(
         ),
     ] = 2,
     batch_size: Annotated[
-        int, typer.Option(help="Images per detector batch and crops per classifier batch.")
-    ] = 8,
+        int | None,
+        typer.Option(help="Images per detector batch and crops per classifier batch "
+                          "(default: 8 on a GPU, 1 on the CPU, where it is faster)."),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Decode worker processes (0: decode in-process).")
     ] = None,
@@ -315,9 +305,16 @@ def run_command(**opts: object) -> int:
     # 7. Models.
     from edgenet import pipeline
 
+    # Defaults that depend on the device, decided before the models load (the workers start,
+    # and import, meanwhile; the batch size picks the CPU memory arena).
+    on_gpu = pipeline.accelerated_device(Device(o["device"]).value,
+                                         Precision(o["precision"]).value)
     workers = o["workers"]
-    if workers is None:
-        workers = default_workers()
+    if workers is None and mode != "ensemble":
+        workers = pipeline.default_workers(on_gpu)
+    batch_size = o["batch_size"]
+    if batch_size is None:
+        batch_size = pipeline.default_batch_size(on_gpu)
     config = pipeline.PipelineConfig(
         instances=instances,
         mode=mode,  # type: ignore[arg-type]
@@ -326,8 +323,8 @@ def run_command(**opts: object) -> int:
         detections=detections,
         classifications=classifications,
         partial_predictions=partial,
-        batch_size=int(o["batch_size"]),  # type: ignore[call-overload]
-        workers=int(workers),  # type: ignore[call-overload]
+        batch_size=int(batch_size),
+        workers=None if workers is None else int(workers),  # type: ignore[call-overload]
         device=Device(o["device"]).value,
         precision=Precision(o["precision"]).value,
         threads=o["threads"],  # type: ignore[arg-type]

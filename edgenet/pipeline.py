@@ -86,7 +86,7 @@ class PipelineConfig:
     partial_predictions: dict[str, dict] | None = None
     resume: bool = True
     batch_size: int = 8
-    workers: int = 0
+    workers: int | None = 0  # None: `default_workers` for the device the models run on
     device: str = "auto"
     precision: str = "fp32"
     threads: int | None = None
@@ -144,6 +144,15 @@ def _worker_init() -> None:
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except (ValueError, OSError):
+        pass
+    try:
+        # Each worker is one unit of parallelism: OpenCV's own thread pool (one thread per
+        # core by default) in every worker would put workers x cores threads on the cores for
+        # each letterbox resize. One thread gives the same pixels (rows are split, not sums).
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # noqa: BLE001 - only a tuning; decoding works without it
         pass
     parent = multiprocessing.parent_process()
     if parent is not None:
@@ -394,6 +403,7 @@ def load_components(config: PipelineConfig) -> Components:
         detector_path = _attr(files, "detector")
         comps.detector_name = Path(detector_path).name if detector_path else None
     classifier_session = None
+    arena = config.batch_size == 1  # see providers.make_session
     if need_classifier and comps.classifier is None and need_detector and comps.detector is None:
         # Both sessions at once: building one is mostly single-threaded graph optimisation
         # (~4 s each for the full-size models) and releases the GIL, so on two or more cores the
@@ -405,17 +415,22 @@ def load_components(config: PipelineConfig) -> Components:
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="edgenet-session")
         classifier_session = pool.submit(make_session, _attr(files, "classifier"),
-                                         config.device, config.threads, config.precision)
+                                         config.device, config.threads, config.precision,
+                                         arena)
         pool.shutdown(wait=False)
     try:
         if need_detector and comps.detector is None:
             from edgenet.detector import DetectorModel
+            from edgenet.providers import make_session
 
+            path = _attr(files, "detector")
             comps.detector = DetectorModel(
-                _attr(files, "detector"),
+                path,
                 device=config.device,
                 threads=config.threads,
                 precision=config.precision,
+                session=make_session(path, config.device, config.threads, config.precision,
+                                     arena),
             )
     except BaseException:
         if classifier_session is not None:  # the detector's error is the one to report
@@ -430,6 +445,11 @@ def load_components(config: PipelineConfig) -> Components:
         labels = _attr(pack, "labels")
         if labels is None:
             labels = _attr(pack, "classifier_labels")
+        if session is None:
+            from edgenet.providers import make_session
+
+            session = make_session(_attr(files, "classifier"), config.device, config.threads,
+                                   config.precision, arena)
         comps.classifier = ClassifierModel(
             _attr(files, "classifier"),
             labels,
@@ -465,6 +485,63 @@ def _fix_batch_shapes(comps: Components, batch_size: int) -> None:
         wanted = batch_size > 1 and mode != "0" and (
             mode == "1" or is_shape_sensitive(getattr(model, "session", None)))
         model.fixed_batch = batch_size if wanted else None
+
+
+def default_batch_size(accelerated: bool) -> int:
+    """`--batch-size` when the user does not say: 8 on a GPU (fills the device; the models run
+    fixed-size batches there), 1 on the CPU: measured on the full-size pack, 14 images, 2
+    cores, identical predictions: batch 1 took 99.9 s and 1.6 GB against batch 8's 117.0 s and
+    2.8 GB (the activations of one image stay in cache better; benchmarks/NOTES.md entry 8)."""
+    return 8 if accelerated else 1
+
+
+def default_workers(accelerated: bool) -> int:
+    """Decode workers when the user does not say.
+
+    On the CPU: in-process on <= 2 cores, else about a quarter of the cores. Measured on a
+    2-core CPU (51 images, tiny synthetic pack): one worker was slower (97 s) than in-process
+    decoding (87 s): the worker competes with onnxruntime's threads, which need the cores.
+    On a GPU the models leave the CPU free and decoding, letterboxing and cutting crops are
+    what feeds the device (~40 + 10 ms per 3 MP image, ~20 ms per crop, plus a second decode
+    for the crops: benchmarks/NOTES.md entry 8), so all cores but two (the pipeline's own
+    threads) decode, up to 16.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    if accelerated:
+        return max(1, min(16, cpus - 2))
+    return 0 if cpus <= 2 else min(4, max(1, cpus // 4))
+
+
+def accelerated_device(device: str, precision: str = "fp32") -> bool:
+    """Whether `--device DEVICE` will run on a GPU-class provider (before any session exists;
+    an `auto` GPU whose libraries then fail to load runs on the CPU after all)."""
+    from edgenet.providers import SHAPE_SENSITIVE_PROVIDERS, resolve_providers
+
+    try:
+        return resolve_providers(str(device), str(precision))[0][0] in SHAPE_SENSITIVE_PROVIDERS
+    except Exception:  # noqa: BLE001 - a bad --device is reported when the models load
+        return False
+
+
+def _on_accelerator(comps: Components) -> bool:
+    """True when a model runs on a GPU-class provider (one that pays per new input shape)."""
+    from edgenet.providers import is_shape_sensitive
+
+    return any(
+        model is not None and is_shape_sensitive(getattr(model, "session", None))
+        for model in (comps.detector, comps.classifier)
+    )
+
+
+def _overlap_stages(comps: Components) -> bool:
+    """Whether detector-side and classifier-side stages run on two threads (`overlap.py`):
+    on GPU providers, where onnxruntime's runs leave the CPU free; not on the CPU, where both
+    halves compete for the same cores. `EDGENET_OVERLAP=0/1` overrides (tests force it)."""
+    mode = os.environ.get("EDGENET_OVERLAP", "auto")
+    if mode in ("0", "1"):
+        return mode == "1"
+    return _on_accelerator(comps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,14 +697,18 @@ class PipelineRun:
                 f"--batch-size must be at least 1, got {config.batch_size}",
                 fix="use e.g. --batch-size 8",
             )
+        self.comps = components or load_components(config)
+        if config.workers is None:
+            config.workers = default_workers(_on_accelerator(self.comps))
         if config.workers < 0:
             raise InputError(
                 f"--workers must be 0 or more, got {config.workers}",
                 fix="use 0 to decode in-process",
             )
         self.config = config
-        self.comps = components or load_components(config)
         _fix_batch_shapes(self.comps, config.batch_size)  # reused components follow this run
+        self.overlap = _overlap_stages(self.comps)
+        self._ahead_stream: Any = None
         self.whole_image = self.comps.whole_image
         self.timings = dict.fromkeys(TIMING_KEYS, 0.0)
         self.counts = {"detector_batches": 0, "classifier_batches": 0, "crops": 0}
@@ -1006,7 +1087,9 @@ class PipelineRun:
         if mode == "ensemble":
             return iter(items)
         if mode == "classifier":
-            return self._classifier_stage(self._classifier_only_decode(executor, items))
+            return self._classifier_stage(
+                self._ahead(self._classifier_only_decode(executor, items))
+            )
         crops_at_decode = "full_image" if (mode == "full" and self.whole_image) else None
         keep_image = mode == "full" and not self.whole_image and executor.workers == 0
 
@@ -1018,7 +1101,16 @@ class PipelineRun:
         detected = self._detector_stage(self._decode_stage(executor, items, job))
         if mode == "detector":
             return detected
-        return self._classifier_stage(self._crop_stage(executor, detected))
+        return self._classifier_stage(self._ahead(self._crop_stage(executor, detected)))
+
+    def _ahead(self, upstream: Iterator[_Item]) -> Iterator[_Item]:
+        """UPSTREAM on its own thread when the stages should overlap (see `overlap.py`)."""
+        if not self.overlap:
+            return upstream
+        from edgenet.overlap import run_ahead
+
+        self._ahead_stream = run_ahead(upstream, maxsize=2 * self.config.batch_size)
+        return self._ahead_stream
 
     def _classifier_only_decode(
         self, executor: _Executor, items: Iterable[_Item]
@@ -1078,6 +1170,9 @@ class PipelineRun:
             except BaseException as err:  # save what is done, then re-raise
                 error = err
             finally:
+                if self._ahead_stream is not None:
+                    # Stop the read-ahead thread before its decode pool goes away.
+                    self._ahead_stream.close()
                 if executor is not None:
                     executor.shutdown(cancel=interrupted is not None or error is not None)
                 if cfg.progress is not None:

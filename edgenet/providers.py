@@ -250,10 +250,12 @@ def make_session(
     device: str = "auto",
     threads: int | None = None,
     precision: str = "fp32",
+    cpu_arena: bool = False,
 ) -> ort.InferenceSession:
     """An onnxruntime session on `device`, tuned, or an `EdgenetError` saying why not.
 
-    Full graph optimisation, `threads` intra-op threads when given, errors-only logging.
+    Full graph optimisation, `threads` intra-op threads when given, errors-only logging;
+    onnxruntime's CPU memory arena only with `cpu_arena` (`EDGENET_CPU_MEM_ARENA=0/1` wins).
     When an explicitly requested accelerator fails to load (onnxruntime would silently
     fall back to the CPU), this raises instead: a user who asked for a GPU must know.
     """
@@ -275,10 +277,15 @@ def make_session(
     so.log_severity_level = 3
     if threads is not None:
         so.intra_op_num_threads = int(threads)
-    if os.environ.get("EDGENET_CPU_MEM_ARENA", "0") != "1":
-        # The CPU arena keeps its high-water mark of 1280-input activations for the whole run;
-        # without it, measured on the full-size pack (3 images): peak RSS 1.85 GB vs 2.41 GB,
-        # same predictions, no slower (benchmarks/NOTES.md). EDGENET_CPU_MEM_ARENA=1 restores it.
+    arena_env = os.environ.get("EDGENET_CPU_MEM_ARENA", "")
+    if arena_env in ("0", "1"):
+        cpu_arena = arena_env == "1"
+    if not cpu_arena:
+        # The CPU arena keeps its high-water mark of activations for the whole run: at batch 8
+        # (1280-input detector), measured on the full-size pack (3 images): peak RSS 1.85 GB
+        # without vs 2.41 GB with it, same predictions. At batch 1 the mark is small and the
+        # arena saves the page faults of fresh buffers: ~0.5 s of a one-image run (NOTES.md,
+        # entry 8), so the pipeline asks for it then.
         so.enable_cpu_mem_arena = False
     if "DmlExecutionProvider" in names:
         # DirectML does not support memory patterns or parallel execution.
@@ -312,7 +319,7 @@ def make_session(
             save_to.unlink(missing_ok=True)
         if cached is not None and load_path == cached:  # a bad cache entry never stops a run
             cached.unlink(missing_ok=True)
-            return make_session(path, device, threads, precision)
+            return make_session(path, device, threads, precision, cpu_arena)
         raise PackError(
             f"onnxruntime cannot load this model: {str(exc).strip().splitlines()[0][:300]}",
             path=model_path,

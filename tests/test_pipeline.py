@@ -101,6 +101,51 @@ def test_fixed_batch_padding_gives_the_same_json(tiny, baseline, batch_size, mon
     assert sizes and set(sizes) == {batch_size}
 
 
+@pytest.mark.parametrize(("batch_size", "workers"), [(1, 0), (3, 1)])
+def test_overlapped_stages_give_the_same_json(tiny, baseline, batch_size, workers, monkeypatch):
+    # What GPU providers get (overlap.py): decode, detector and crops on a second thread,
+    # classifier and ensemble on the caller's. Forced here on the CPU.
+    import threading
+
+    monkeypatch.setenv("EDGENET_OVERLAP", "1")
+    threads: set[str] = set()
+    real = pipeline.PipelineRun._run_detector
+
+    def spy(self, batch):
+        threads.add(threading.current_thread().name)
+        yield from real(self, batch)
+
+    monkeypatch.setattr(pipeline.PipelineRun, "_run_detector", spy)
+    preds, stats = _run(tiny, batch_size=batch_size, workers=workers)
+    assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
+    assert stats["counts"]["crops"] > 0
+    assert threads == {"edgenet-stage"}  # the detector really ran off the calling thread
+
+
+def test_overlapped_classifier_only_gives_the_same_json(tiny, tmp_path, monkeypatch) -> None:
+    det_path = tmp_path / "d.json"
+    _run(tiny, mode="detector", predictions_json=det_path)
+    detections = P.load_component_results(det_path, tiny["instances"], "detector")
+    plain, _ = _run(tiny, mode="classifier", detections=detections, batch_size=2)
+    monkeypatch.setenv("EDGENET_OVERLAP", "1")
+    overlapped, _ = _run(tiny, mode="classifier", detections=detections, batch_size=2)
+    assert P.dumps_predictions(overlapped) == P.dumps_predictions(plain)
+
+
+def test_overlap_is_off_on_the_cpu(tiny, monkeypatch) -> None:
+    monkeypatch.delenv("EDGENET_OVERLAP", raising=False)
+    run = pipeline.PipelineRun(pipeline.PipelineConfig(
+        instances=[], model=tiny["pack"], handle_signals=False))
+    assert run.overlap is False and run.config.workers == 0
+
+
+def test_default_workers() -> None:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert pipeline.default_workers(accelerated=True) == max(1, min(16, (cpus or 1) - 2))
+    assert pipeline.default_workers(accelerated=False) <= 4
+    assert pipeline.accelerated_device("cpu") is False
+
+
 def test_run_fixed_batches_pads_and_trims() -> None:
     import numpy as np
 
