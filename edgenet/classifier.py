@@ -80,6 +80,7 @@ _U8_TO_UNIT64 = _U8_TO_UNIT.astype(np.float64)
 _TIE_MASK = np.int64((1 << 29) - 1)
 _TIE_HALF = np.int64(1 << 28)
 RESIZE_KERNELS = ("generic", "single_thread")
+_CROP_BLOCK_ROWS = 32  # rows per block in `_resize_crop`: ~0.4 MB float64 per array
 
 
 class CropError(ValueError):
@@ -224,23 +225,35 @@ def _resize_crop(
             out = _single_thread_kernel(arr, r0, r1, c0, c1, (wy0, wy1), (wx0, wx1))
         return (out * _TO_U8_FACTOR).astype(np.uint8)
 
-    # Width pass once per distinct source row (rows repeat when upscaling), then height pass.
+    # Width pass once per distinct source row (rows repeat when upscaling), then height pass,
+    # each over blocks of rows: every step below is a separate pass over its arrays, and
+    # blocks keep those passes in the CPU cache (benchmarks/NOTES.md, entry 8).
     needed, inverse = np.unique(np.concatenate([r0, r1]), return_inverse=True)
-    band = arr.take(np.maximum(needed, 0), axis=0)  # (U, W, 3) uint8, whole rows: cheap copy
-
-    def gather(c: np.ndarray) -> np.ndarray:
-        vals = _U8_TO_UNIT64[band.take(np.maximum(c, 0), axis=1)]  # (U, out, 3) float64
-        if (needed < 0).any() or (c < 0).any():
-            vals[(needed < 0)[:, None] | (c < 0)[None, :]] = 0.0
-        return vals
-
-    w = (wx0.astype(np.float64)[None, :, None], wx1[None, :, None])
-    right = (gather(c1) * w[1]).astype(np.float32)  # float32 product, as torch rounds it
-    horiz = _fma_add(gather(c0), w[0], right)
-    top, bottom = horiz[inverse[:out_size]], horiz[inverse[out_size:]]
-    lower = bottom * wy1[:, None, None]  # float32 product
-    out = _fma_add(top.astype(np.float64), wy0.astype(np.float64)[:, None, None], lower)
-    return (out * _TO_U8_FACTOR).astype(np.uint8)
+    src_rows = np.maximum(needed, 0)
+    cc0, cc1 = np.maximum(c0, 0), np.maximum(c1, 0)
+    pad_cols0, pad_cols1 = c0 < 0, c1 < 0
+    any_pad = bool((needed < 0).any() or pad_cols0.any() or pad_cols1.any())
+    wx0_64, wx1_32 = wx0.astype(np.float64)[None, :, None], wx1[None, :, None]
+    horiz = np.empty((len(needed), out_size, 3), dtype=np.float32)
+    for i in range(0, len(needed), _CROP_BLOCK_ROWS):
+        block = slice(i, i + _CROP_BLOCK_ROWS)
+        band = arr.take(src_rows[block], axis=0)  # (b, W, 3) uint8
+        left = _U8_TO_UNIT64[band.take(cc0, axis=1)]  # (b, out, 3) float64
+        right = _U8_TO_UNIT[band.take(cc1, axis=1)] * wx1_32  # float32 product, as torch
+        if any_pad:
+            pad_rows = (needed[block] < 0)[:, None]
+            left[pad_rows | pad_cols0[None, :]] = 0.0
+            right[pad_rows | pad_cols1[None, :]] = 0.0
+        horiz[block] = _fma_add(left, wx0_64, right)
+    out = np.empty((out_size, out_size, 3), dtype=np.uint8)
+    top_rows, bottom_rows = inverse[:out_size], inverse[out_size:]
+    wy0_64, wy1_32 = wy0.astype(np.float64)[:, None, None], wy1[:, None, None]
+    for j in range(0, out_size, _CROP_BLOCK_ROWS):
+        block = slice(j, j + _CROP_BLOCK_ROWS)
+        lower = horiz[bottom_rows[block]] * wy1_32[block]  # float32 product
+        upper = horiz[top_rows[block]].astype(np.float64)
+        out[block] = _fma_add(upper, wy0_64[block], lower) * _TO_U8_FACTOR
+    return out
 
 
 def crop_for_classifier(
