@@ -620,6 +620,8 @@ class _Executor:
         self.workers = max(0, int(workers))
         self._pool: cf.ProcessPoolExecutor | None = None
         self.restarts = 0
+        self.inline_fallback = False  # workers could not start at all: decode in-process
+        self._start_checked = False
         if self.workers > 0:
             self._pool = self._new_pool()
 
@@ -651,6 +653,32 @@ class _Executor:
             pool = self._pool
             return pool, pool.submit(run_decode_job, job)  # type: ignore[union-attr]
 
+    def _workers_start(self) -> bool:
+        """Whether a fresh pool's worker can start and run a job that touches no image."""
+        if self._pool is None:
+            return False
+        try:
+            self._pool.submit(_warm_worker).result(timeout=300)
+            return True
+        except Exception:  # noqa: BLE001 - any failure here means: no usable workers
+            return False
+
+    def _check_start(self, err: BaseException) -> None:
+        """After the first broken pool: if workers cannot start at all (e.g. `spawn` cannot
+        re-import the main module of a script fed on stdin), decode in-process from now on
+        instead of failing every image; a worker killed by one image keeps the retry path."""
+        if self._start_checked:
+            return
+        self._start_checked = True
+        if self._workers_start():
+            return
+        _warn(f"decode workers could not start ({type(err).__name__}: {err}); "
+              "decoding in-process instead (--workers 0)")
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        self.inline_fallback = True
+
     def result(self, submitted: tuple[Any, cf.Future], job: DecodeJob) -> DecodeResult:
         """The job's result; never raises (see the class docstring)."""
         pool, future = submitted
@@ -659,6 +687,9 @@ class _Executor:
                 return future.result()
             except cf.process.BrokenProcessPool as err:
                 self._restart(pool)
+                self._check_start(err)
+                if self.inline_fallback:
+                    return run_decode_job(job)
                 if attempt == 1 or self._pool is None:
                     return DecodeResult(
                         filepath=job.filepath, error=f"decode worker crashed ({err})"

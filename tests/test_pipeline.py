@@ -139,6 +139,49 @@ def test_overlap_is_off_on_the_cpu(tiny, monkeypatch) -> None:
     assert run.overlap is False and run.config.workers == 0
 
 
+def _exiting_pool(self):
+    import concurrent.futures as cf
+    import multiprocessing
+
+    # Every worker exits in its initializer: what a spawn that cannot re-import the main
+    # module (a script fed on stdin) looks like from the pool's side.
+    return cf.ProcessPoolExecutor(max_workers=self.workers, initializer=os._exit, initargs=(3,),
+                                  mp_context=multiprocessing.get_context("spawn"))
+
+
+def test_workers_that_cannot_start_fall_back_to_in_process(tiny, baseline, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline._Executor, "_new_pool", _exiting_pool)
+    executor = pipeline._Executor(1)
+    config = pipeline.PipelineConfig(instances=tiny["instances"], model=tiny["pack"],
+                                     batch_size=2, workers=1, handle_signals=False)
+    preds, stats = pipeline.PipelineRun(config, executor=executor).run()
+    assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)  # nothing lost
+    assert executor.inline_fallback
+    assert "decoding in-process instead" in capsys.readouterr().err
+
+
+def test_a_worker_killed_by_one_job_is_retried_not_abandoned(tiny, baseline, monkeypatch):
+    # The first job on one image kills its worker; the pool is rebuilt, the job retried there
+    # (and succeeds), and workers are not given up on: they do start.
+    real_submit = pipeline._Executor.submit
+    target = next(i["filepath"] for i in tiny["instances"] if i["filepath"].endswith(".jpg"))
+    killed: list[str] = []
+
+    def submit(self, job):
+        if job.filepath == target and not killed:
+            killed.append(job.filepath)
+            return self._pool, self._pool.submit(os._exit, 7)
+        return real_submit(self, job)
+
+    monkeypatch.setattr(pipeline._Executor, "submit", submit)
+    executor = pipeline._Executor(1)
+    config = pipeline.PipelineConfig(instances=tiny["instances"], model=tiny["pack"],
+                                     batch_size=1, workers=1, handle_signals=False)
+    preds, _ = pipeline.PipelineRun(config, executor=executor).run()
+    assert killed and executor.restarts >= 1 and not executor.inline_fallback
+    assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
+
+
 def test_default_workers() -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert pipeline.default_workers(accelerated=True) == max(1, min(16, (cpus or 1) - 2))
