@@ -143,6 +143,54 @@ def optimized_model_path(model_path: Path, providers: Sequence[str]) -> Path | N
     return cache_dir() / "ort-optimized" / f"{model_path.stem}.{key}.onnx"
 
 
+def _source_record(model_path: Path) -> dict[str, Any]:
+    st = model_path.stat()
+    return {"source": str(model_path.resolve()), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def prune_optimized_cache(keep: Path | None = None) -> list[Path]:
+    """Delete cached optimised graphs whose source model is gone or changed; return them.
+
+    Why: each entry is as large as its model (560 MB for the full-size detector), and every
+    reconversion or deleted pack would otherwise leave one behind for good. Each entry has a
+    sidecar `.json` naming its source file and that file's size and times; an entry whose
+    source no longer matches can never be used again (its key would differ). Entries written
+    before sidecars existed are left alone; half-written `.tmp` files older than a day go.
+    """
+    import json
+    import time
+
+    folder = cache_dir() / "ort-optimized"
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for meta in folder.glob("*.json"):
+        entry = meta.with_suffix(".onnx")
+        if keep is not None and entry == keep:
+            continue
+        try:
+            record = json.loads(meta.read_text(encoding="utf-8"))
+            source = Path(record["source"])
+            stale = not source.is_file() or _source_record(source) != record
+        except (OSError, ValueError, KeyError, TypeError):
+            stale = True  # unreadable sidecar: the entry cannot be trusted either
+        if stale:
+            for path in (entry, meta):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    continue
+            removed.append(entry)
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > 86400:
+                tmp.unlink()
+        except OSError:
+            pass
+    return removed
+
+
 def available_devices() -> dict[str, bool]:
     """Which `--device` values this onnxruntime build offers (compiled in, not yet loaded).
 
@@ -329,7 +377,12 @@ def make_session(
     if save_to is not None and cached is not None:
         try:
             if save_to.is_file():
+                import json
+
                 os.replace(save_to, cached)  # atomic: a concurrent start never reads half
+                cached.with_suffix(".json").write_text(
+                    json.dumps(_source_record(model_path)), encoding="utf-8")
+                prune_optimized_cache(keep=cached)
         except OSError:
             save_to.unlink(missing_ok=True)
     if dev != "auto" and dev != "cpu" and names[0] not in sess.get_providers():
