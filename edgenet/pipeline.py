@@ -739,9 +739,10 @@ class PipelineRun:
         self.config = config
         _fix_batch_shapes(self.comps, config.batch_size)  # reused components follow this run
         self.overlap = _overlap_stages(self.comps)
-        self._ahead_stream: Any = None
+        self._ahead_streams: list[Any] = []
         self.whole_image = self.comps.whole_image
         self.timings = dict.fromkeys(TIMING_KEYS, 0.0)
+        self._timings_lock = threading.Lock()  # stages may run on several threads (overlap)
         self.counts = {"detector_batches": 0, "classifier_batches": 0, "crops": 0}
         self.results: dict[str, dict] = {}
         self._placeholder: dict | None = None
@@ -817,6 +818,10 @@ class PipelineRun:
 
     # -- stages --------------------------------------------------------------------------
 
+    def _add_time(self, key: str, seconds: float) -> None:
+        with self._timings_lock:
+            self.timings[key] = self.timings.get(key, 0.0) + seconds
+
     def _window(self, executor: _Executor) -> int:
         """Jobs submitted ahead. Inline decoding gains nothing from read-ahead, so 1."""
         if executor.workers == 0:
@@ -845,11 +850,14 @@ class PipelineRun:
             item, job, submitted = pending.popleft()
             result = executor.result(submitted, job)
             for key, value in result.timings.items():
-                self.timings[key] = self.timings.get(key, 0.0) + value
+                self._add_time(key, value)
             yield item, result
 
-    def _detector_stage(self, decoded: Iterable[tuple[_Item, DecodeResult]]) -> Iterator[_Item]:
-        """Group equal-shaped letterboxed images into batches; yield items with detections."""
+    def _detector_stage(
+        self, decoded: Iterable[tuple[_Item, DecodeResult]]
+    ) -> Iterator[tuple[list[_Item], Any]]:
+        """Group equal-shaped letterboxed images into batches and build each batch's input
+        tensor: yields `(items, tensor)`, or `([item], None)` for an image that failed."""
         groups: dict[tuple[int, ...], list[_Item]] = {}
         order: list[tuple[int, ...]] = []
         buffered = 0
@@ -859,7 +867,7 @@ class PipelineRun:
             if not result.ok:
                 item.detector_result = failure_result(item.filepath, Failure.DETECTOR)
                 item.detections = None
-                yield item
+                yield [item], None
                 continue
             item.decoded = True
             item.orig_w, item.orig_h = result.orig_w, result.orig_h
@@ -878,26 +886,47 @@ class PipelineRun:
                 batch = groups.pop(shape)
                 order.remove(shape)
                 buffered -= len(batch)
-                yield from self._run_detector(batch)
+                yield self._with_tensor(batch)
             elif buffered >= 2 * bs:
                 oldest = order.pop(0)
                 batch = groups.pop(oldest)
                 buffered -= len(batch)
-                yield from self._run_detector(batch)
+                yield self._with_tensor(batch)
         for shape in order:
             self.guard.check()
-            yield from self._run_detector(groups[shape])
+            yield self._with_tensor(groups[shape])
 
-    def _run_detector(self, batch: list[_Item]) -> Iterator[_Item]:
+    def _with_tensor(self, batch: list[_Item]) -> tuple[list[_Item], Any]:
+        """The batch and its float input tensor (counted as detector time); a batch whose
+        tensor cannot be built fails in `_run_detector` like a failed run."""
+        t0 = time.perf_counter()
+        try:
+            tensor = self.comps.detector.to_tensor([item.letterboxed for item in batch])
+        except Exception as err:  # noqa: BLE001 - a failed batch fails its images only
+            tensor = err
+        self._add_time("detector", time.perf_counter() - t0)
+        return batch, tensor
+
+    def _detector_runs(self, batches: Iterable[tuple[list[_Item], Any]]) -> Iterator[_Item]:
+        """Run the detector on each prepared batch; yield its items with detections."""
+        for batch, tensor in batches:
+            if tensor is None:  # an image that failed before the detector
+                yield from batch
+            else:
+                yield from self._run_detector(batch, tensor)
+
+    def _run_detector(self, batch: list[_Item], tensor: Any) -> Iterator[_Item]:
         det = self.comps.detector
         t0 = time.perf_counter()
         try:
-            raw = det.infer(det.to_tensor([item.letterboxed for item in batch]))
+            if isinstance(tensor, Exception):
+                raise tensor
+            raw = det.infer(tensor)
         except Exception as err:  # noqa: BLE001 - a failed batch fails its images only
             _warn(f"detector failed on a batch of {len(batch)} image(s): {err}")
             raw = None
         t1 = time.perf_counter()
-        self.timings["detector"] += t1 - t0
+        self._add_time("detector", t1 - t0)
         self.counts["detector_batches"] += 1
         for i, item in enumerate(batch):
             hw = tuple(item.letterboxed.shape[:2])
@@ -914,7 +943,7 @@ class PipelineRun:
                 _warn(f"{item.filepath}: detector postprocessing failed: {err}")
                 item.detector_result = failure_result(item.filepath, Failure.DETECTOR)
                 item.detections = None
-        self.timings["nms"] += time.perf_counter() - t1
+        self._add_time("nms", time.perf_counter() - t1)
         yield from batch
 
     def _crop_stage(self, executor: _Executor, items: Iterable[_Item]) -> Iterator[_Item]:
@@ -945,7 +974,7 @@ class PipelineRun:
                 except Exception as err:  # noqa: BLE001
                     _warn(f"{item.filepath}: cannot crop detections: {err}")
                     item.classifier_failed = True
-                self.timings["crop"] += time.perf_counter() - t0
+                self._add_time("crop", time.perf_counter() - t0)
                 item.image = None
                 yield item
                 continue
@@ -962,7 +991,7 @@ class PipelineRun:
     ) -> _Item:
         result = executor.result(submitted, job)
         for key in ("decode", "crop"):
-            self.timings[key] += result.timings.get(key, 0.0)
+            self._add_time(key, result.timings.get(key, 0.0))
         if not result.ok or result.crop_error:
             _warn(f"{item.filepath}: cannot crop detections: {result.error or result.crop_error}")
             item.classifier_failed = True
@@ -1021,7 +1050,7 @@ class PipelineRun:
         except Exception as err:  # noqa: BLE001 - a failed batch fails its images only
             _warn(f"classifier failed on a batch of {len(batch)} crop(s): {err}")
             rows = None
-        self.timings["classifier"] += time.perf_counter() - t0
+        self._add_time("classifier", time.perf_counter() - t0)
         self.counts["classifier_batches"] += 1
         self.counts["crops"] += len(batch)
         for j, (item, k) in enumerate(batch):
@@ -1074,7 +1103,7 @@ class PipelineRun:
                 partial_predictions=None,
                 max_classifications_per_detection=mcpd,
             )[0]
-        self.timings["ensemble"] += time.perf_counter() - t0
+        self._add_time("ensemble", time.perf_counter() - t0)
         return result
 
     def _finish(self, item: _Item) -> None:
@@ -1119,7 +1148,7 @@ class PipelineRun:
             return iter(items)
         if mode == "classifier":
             return self._classifier_stage(
-                self._ahead(self._classifier_only_decode(executor, items))
+                self._ahead(self._classifier_only_decode(executor, items), "edgenet-decode")
             )
         crops_at_decode = "full_image" if (mode == "full" and self.whole_image) else None
         keep_image = mode == "full" and not self.whole_image and executor.workers == 0
@@ -1129,19 +1158,28 @@ class PipelineRun:
                 item.filepath, letterbox=True, keep_image=keep_image, crops=crops_at_decode
             )
 
-        detected = self._detector_stage(self._decode_stage(executor, items, job))
+        # With overlap (GPU providers), three threads: decode results + batching + input
+        # tensors | detector runs + NMS + crops | classifier + ensemble (the caller's).
+        batches = self._ahead(self._detector_stage(self._decode_stage(executor, items, job)),
+                              "edgenet-decode", maxsize=2)
+        detected = self._detector_runs(batches)
         if mode == "detector":
             return detected
-        return self._classifier_stage(self._ahead(self._crop_stage(executor, detected)))
+        return self._classifier_stage(
+            self._ahead(self._crop_stage(executor, detected), "edgenet-detect")
+        )
 
-    def _ahead(self, upstream: Iterator[_Item]) -> Iterator[_Item]:
+    def _ahead(
+        self, upstream: Iterator[Any], name: str, maxsize: int | None = None
+    ) -> Iterator[Any]:
         """UPSTREAM on its own thread when the stages should overlap (see `overlap.py`)."""
         if not self.overlap:
             return upstream
         from edgenet.overlap import run_ahead
 
-        self._ahead_stream = run_ahead(upstream, maxsize=2 * self.config.batch_size)
-        return self._ahead_stream
+        stream = run_ahead(upstream, maxsize=maxsize or 2 * self.config.batch_size, name=name)
+        self._ahead_streams.append(stream)
+        return stream
 
     def _classifier_only_decode(
         self, executor: _Executor, items: Iterable[_Item]
@@ -1201,9 +1239,10 @@ class PipelineRun:
             except BaseException as err:  # save what is done, then re-raise
                 error = err
             finally:
-                if self._ahead_stream is not None:
-                    # Stop the read-ahead thread before its decode pool goes away.
-                    self._ahead_stream.close()
+                for stream in reversed(self._ahead_streams):
+                    # Stop the read-ahead threads (consumer side first) before their decode
+                    # pool goes away.
+                    stream.close()
                 if executor is not None:
                     executor.shutdown(cancel=interrupted is not None or error is not None)
                 if cfg.progress is not None:

@@ -103,23 +103,55 @@ def test_fixed_batch_padding_gives_the_same_json(tiny, baseline, batch_size, mon
 
 @pytest.mark.parametrize(("batch_size", "workers"), [(1, 0), (3, 1)])
 def test_overlapped_stages_give_the_same_json(tiny, baseline, batch_size, workers, monkeypatch):
-    # What GPU providers get (overlap.py): decode, detector and crops on a second thread,
-    # classifier and ensemble on the caller's. Forced here on the CPU.
+    # What GPU providers get (overlap.py): decode results and input tensors on one thread,
+    # detector runs and crops on a second, classifier and ensemble on the caller's. Forced
+    # here on the CPU.
     import threading
 
     monkeypatch.setenv("EDGENET_OVERLAP", "1")
-    threads: set[str] = set()
-    real = pipeline.PipelineRun._run_detector
+    threads: dict[str, set[str]] = {"run": set(), "tensor": set()}
+    real_run, real_tensor = pipeline.PipelineRun._run_detector, pipeline.PipelineRun._with_tensor
 
-    def spy(self, batch):
-        threads.add(threading.current_thread().name)
-        yield from real(self, batch)
+    def spy_run(self, batch, tensor):
+        threads["run"].add(threading.current_thread().name)
+        yield from real_run(self, batch, tensor)
 
-    monkeypatch.setattr(pipeline.PipelineRun, "_run_detector", spy)
+    def spy_tensor(self, batch):
+        threads["tensor"].add(threading.current_thread().name)
+        return real_tensor(self, batch)
+
+    monkeypatch.setattr(pipeline.PipelineRun, "_run_detector", spy_run)
+    monkeypatch.setattr(pipeline.PipelineRun, "_with_tensor", spy_tensor)
     preds, stats = _run(tiny, batch_size=batch_size, workers=workers)
     assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
-    assert stats["counts"]["crops"] > 0
-    assert threads == {"edgenet-stage"}  # the detector really ran off the calling thread
+    assert stats["counts"]["crops"] > 0 and stats["timings"]["detector"] > 0
+    # input tensors, detector runs and the classifier each on their own thread
+    assert threads == {"tensor": {"edgenet-decode"}, "run": {"edgenet-detect"}}
+
+
+@pytest.mark.parametrize("overlap", ["0", "1"])
+def test_a_batch_whose_input_tensor_fails_fails_only_its_images(tiny, baseline, overlap,
+                                                                  monkeypatch, capsys):
+    monkeypatch.setenv("EDGENET_OVERLAP", overlap)
+    comps = pipeline.load_components(pipeline.PipelineConfig(
+        instances=[], model=tiny["pack"], batch_size=1))
+    real = comps.detector.to_tensor
+    calls: list[int] = []
+
+    def flaky(letterboxed):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("no room for this batch")
+        return real(letterboxed)
+
+    comps.detector.to_tensor = flaky
+    config = pipeline.PipelineConfig(instances=tiny["instances"], model=tiny["pack"],
+                                     batch_size=1, handle_signals=False)
+    preds, _ = pipeline.PipelineRun(config, comps).run()
+    got, want = preds["predictions"], baseline["predictions"]
+    differ = [g for g, w in zip(got, want, strict=True) if g != w]
+    assert len(differ) == 1 and differ[0]["failures"] == ["CLASSIFIER", "DETECTOR"]
+    assert "no room for this batch" in capsys.readouterr().err
 
 
 def test_overlapped_classifier_only_gives_the_same_json(tiny, tmp_path, monkeypatch) -> None:
