@@ -34,3 +34,10 @@ class InputError(EdgenetError):
 
 class OutputError(EdgenetError):
     """The predictions file cannot be written; the previous file is left intact."""
+
+
+def warn(message: str) -> None:
+    """A warning on stderr that does not stop the run (a failed image, a fallback)."""
+    import sys
+
+    print(f"edgenet: warning: {message}", file=sys.stderr)

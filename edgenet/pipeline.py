@@ -1,9 +1,11 @@
 """The one pipeline behind every `edgenet run` mode (full, detector-, classifier-, ensemble-only).
 
-Stages, all driven from one thread of the main process:
+Stages, driven from the calling thread of the main process (on GPU providers from three
+threads, so that tensors, detector runs and classifier runs overlap: `edgenet/overlap.py`):
 
 1. decode (+ letterbox, + crops when they are already known) -- in `--workers N` spawned
-   processes (N = 0: in-process). A bounded window of submitted jobs keeps memory flat.
+   processes (N = 0: in-process; `edgenet/decode_workers.py`). A bounded window of submitted
+   jobs keeps memory flat.
 2. detector batches of equal-shaped letterboxed images (`--batch-size` images), then NMS.
 3. crops of the selected detections (in the workers, which decode the image again, as the
    reference does; in-process, the decoded image is kept and cropped directly).
@@ -26,10 +28,8 @@ nms, crop, classifier, ensemble, save).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -45,8 +45,25 @@ from edgenet.constants import (
     NUM_CLASSIFICATIONS_FOR_ENSEMBLE,
     Failure,
 )
+from edgenet.decode_workers import (  # noqa: F401 - re-exported: edgenet.pipeline API
+    DecodeExecutor,
+    DecodeJob,
+    DecodeResult,
+    make_crops,
+    run_decode_job,
+    start_workers,
+)
 from edgenet.errors import EdgenetError, InputError
+from edgenet.errors import warn as _warn
 from edgenet.predictions import Checkpointer, make_predictions_dict
+from edgenet.run_defaults import (  # noqa: F401 - re-exported: edgenet.pipeline API
+    _fix_batch_shapes,
+    _on_accelerator,
+    _overlap_stages,
+    accelerated_device,
+    default_batch_size,
+    default_workers,
+)
 
 Mode = Literal["full", "detector", "classifier", "ensemble"]
 MODES: tuple[str, ...] = ("full", "detector", "classifier", "ensemble")
@@ -101,147 +118,6 @@ class PipelineConfig:
     handle_signals: bool = True
     geolocate: Callable[[dict], dict | None] | None = None
     on_image_done: Callable[[str, dict], None] | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# Worker side: decode, letterbox, crop. Top-level functions so `spawn` can pickle them.
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DecodeJob:
-    """What a worker should do with one image."""
-
-    filepath: str
-    letterbox: bool = False
-    keep_image: bool = False
-    crops: Any = None  # None, "full_image", or a list of normalised [x, y, w, h] boxes
-
-
-@dataclass
-class DecodeResult:
-    """What a worker returns: arrays only (PIL images are returned only in-process)."""
-
-    filepath: str
-    ok: bool = False
-    error: str = ""
-    letterboxed: Any = None
-    orig_w: int = 0
-    orig_h: int = 0
-    image: Any = None
-    crops: Any = None
-    crop_error: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def _worker_init() -> None:
-    """Workers ignore Ctrl-C: the main process decides what to save and when to stop.
-
-    They also exit when the main process dies (`kill -9`, the OOM killer): otherwise a worker
-    blocked writing a result into the full result pipe (whose read end it also holds) lives
-    forever, and every killed run leaks one process per worker (tests/test_kill_resume.py).
-    """
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except (ValueError, OSError):
-        pass
-    try:
-        # Each worker is one unit of parallelism: OpenCV's own thread pool (one thread per
-        # core by default) in every worker would put workers x cores threads on the cores for
-        # each letterbox resize. One thread gives the same pixels (rows are split, not sums).
-        import cv2
-
-        cv2.setNumThreads(1)
-    except Exception:  # noqa: BLE001 - only a tuning; decoding works without it
-        pass
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(
-            target=_exit_with_parent, args=(parent.sentinel,), daemon=True,
-            name="edgenet-parent-watch",
-        ).start()
-
-
-def _exit_with_parent(sentinel: int) -> None:
-    """Block until the parent process is gone, then end this worker at once."""
-    from multiprocessing.connection import wait
-
-    wait([sentinel])
-    os._exit(1)
-
-
-def _warm_worker() -> None:
-    """Import what decode jobs need, so the first real job does not pay for it."""
-    import edgenet.classifier  # noqa: F401
-    import edgenet.detector  # noqa: F401
-    import edgenet.images  # noqa: F401
-
-
-def start_workers(workers: int) -> _Executor:
-    """A decode-worker pool, started now; pass it to `PipelineRun(..., executor=...)`."""
-    executor = _Executor(workers)
-    executor.warm()
-    return executor
-
-
-def make_crops(image: Any, spec: Any) -> Any:
-    """Classifier inputs for an image: uint8 (k, 480, 480, 3), k = number of boxes (or 1)."""
-    import numpy as np
-
-    from edgenet.classifier import crop_for_classifier, full_image_crop, image_array
-
-    if spec == "full_image":
-        return np.asarray(full_image_crop(image))[None]
-    arr = image_array(image) if spec else None  # one PIL -> array copy per image, not per box
-    crops = [np.asarray(crop_for_classifier(arr, bbox)) for bbox in spec]
-    if not crops:
-        return np.zeros((0, 480, 480, 3), dtype=np.uint8)
-    return np.stack(crops)
-
-
-def run_decode_job(job: DecodeJob) -> DecodeResult:
-    """Decode one image and prepare what later stages need; never raises.
-
-    A decode failure is reported in `error` (the detector and, for whole images, the
-    classifier then fail for this image, as in the reference); a crop failure only in
-    `crop_error` (the classifier fails for this image).
-    """
-    from edgenet.images import load_rgb_image
-
-    result = DecodeResult(filepath=job.filepath)
-    t0 = time.perf_counter()
-    try:
-        image = load_rgb_image(job.filepath)
-        result.orig_w, result.orig_h = image.width, image.height
-    except Exception as err:  # noqa: BLE001 - any decode problem is a per-image failure
-        result.error = f"{type(err).__name__}: {err}"
-        result.timings["decode"] = time.perf_counter() - t0
-        return result
-    t1 = time.perf_counter()
-    result.timings["decode"] = t1 - t0
-    if job.letterbox:
-        try:
-            import numpy as np
-
-            from edgenet.detector import letterbox
-
-            result.letterboxed = letterbox(np.asarray(image))
-        except Exception as err:  # noqa: BLE001 - reference: detector preprocess failure
-            result.error = f"{type(err).__name__}: {err}"
-            result.timings["letterbox"] = time.perf_counter() - t1
-            return result
-        result.timings["letterbox"] = time.perf_counter() - t1
-    result.ok = True
-    if job.crops is not None:
-        t2 = time.perf_counter()
-        try:
-            result.crops = make_crops(image, job.crops)
-        except Exception as err:  # noqa: BLE001 - reference: classifier preprocess failure
-            result.crop_error = f"{type(err).__name__}: {err}"
-        result.timings["crop"] = time.perf_counter() - t2
-    if job.keep_image:
-        result.image = image
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,78 +348,6 @@ def load_components(config: PipelineConfig) -> Components:
     return comps
 
 
-def _fix_batch_shapes(comps: Components, batch_size: int) -> None:
-    """On GPU providers, run the models at exactly `batch_size` rows (padded), so that each
-    new partial-batch size does not cost a new kernel selection (providers.py says why).
-    Set on every run, so models reused across runs of other batch sizes follow this one."""
-    from edgenet.providers import is_shape_sensitive
-
-    mode = os.environ.get("EDGENET_FIXED_BATCH", "auto")  # "0": never, "1": also on the CPU
-    for model in (comps.detector, comps.classifier):
-        if model is None or not hasattr(model, "fixed_batch"):
-            continue
-        wanted = batch_size > 1 and mode != "0" and (
-            mode == "1" or is_shape_sensitive(getattr(model, "session", None)))
-        model.fixed_batch = batch_size if wanted else None
-
-
-def default_batch_size(accelerated: bool) -> int:
-    """`--batch-size` when the user does not say: 8 on a GPU (fills the device; the models run
-    fixed-size batches there), 1 on the CPU: measured on the full-size pack, 14 images, 2
-    cores, identical predictions: batch 1 took 99.9 s and 1.6 GB against batch 8's 117.0 s and
-    2.8 GB (the activations of one image stay in cache better; benchmarks/NOTES.md entry 8)."""
-    return 8 if accelerated else 1
-
-
-def default_workers(accelerated: bool) -> int:
-    """Decode workers when the user does not say.
-
-    On the CPU: in-process on <= 2 cores, else about a quarter of the cores. Measured on a
-    2-core CPU (51 images, tiny synthetic pack): one worker was slower (97 s) than in-process
-    decoding (87 s): the worker competes with onnxruntime's threads, which need the cores.
-    On a GPU the models leave the CPU free and decoding, letterboxing and cutting crops are
-    what feeds the device (~40 + 10 ms per 3 MP image, ~20 ms per crop, plus a second decode
-    for the crops: benchmarks/NOTES.md entry 8), so all cores but two (the pipeline's own
-    threads) decode, up to 16.
-    """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpus = cpus or 1
-    if accelerated:
-        return max(1, min(16, cpus - 2))
-    return 0 if cpus <= 2 else min(4, max(1, cpus // 4))
-
-
-def accelerated_device(device: str, precision: str = "fp32") -> bool:
-    """Whether `--device DEVICE` will run on a GPU-class provider (before any session exists;
-    an `auto` GPU whose libraries then fail to load runs on the CPU after all)."""
-    from edgenet.providers import SHAPE_SENSITIVE_PROVIDERS, resolve_providers
-
-    try:
-        return resolve_providers(str(device), str(precision))[0][0] in SHAPE_SENSITIVE_PROVIDERS
-    except Exception:  # noqa: BLE001 - a bad --device is reported when the models load
-        return False
-
-
-def _on_accelerator(comps: Components) -> bool:
-    """True when a model runs on a GPU-class provider (one that pays per new input shape)."""
-    from edgenet.providers import is_shape_sensitive
-
-    return any(
-        model is not None and is_shape_sensitive(getattr(model, "session", None))
-        for model in (comps.detector, comps.classifier)
-    )
-
-
-def _overlap_stages(comps: Components) -> bool:
-    """Whether detector-side and classifier-side stages run on two threads (`overlap.py`):
-    on GPU providers, where onnxruntime's runs leave the CPU free; not on the CPU, where both
-    halves compete for the same cores. `EDGENET_OVERLAP=0/1` overrides (tests force it)."""
-    mode = os.environ.get("EDGENET_OVERLAP", "auto")
-    if mode in ("0", "1"):
-        return mode == "1"
-    return _on_accelerator(comps)
-
-
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -608,110 +412,6 @@ class _SignalGuard:
                 pass
 
 
-class _Executor:
-    """Runs decode jobs in spawned worker processes, or inline when workers == 0.
-
-    A worker that dies (a decoder crash, the OOM killer) breaks a ProcessPoolExecutor; the
-    pool is then rebuilt and each affected job is retried once in the new pool; a job that
-    breaks the pool twice becomes a per-image failure. The run itself never dies of it.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = max(0, int(workers))
-        self._pool: cf.ProcessPoolExecutor | None = None
-        self.restarts = 0
-        self.inline_fallback = False  # workers could not start at all: decode in-process
-        self._start_checked = False
-        if self.workers > 0:
-            self._pool = self._new_pool()
-
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
-        )
-
-    def _restart(self, broken: cf.ProcessPoolExecutor | None) -> None:
-        if broken is not self._pool or self._pool is None:
-            return  # already replaced
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._new_pool()
-        self.restarts += 1
-
-    def submit(self, job: DecodeJob) -> tuple[Any, cf.Future]:
-        """Submit; returns (pool, future) so a broken pool can be told from a later one."""
-        if self._pool is None:
-            future: cf.Future = cf.Future()
-            future.set_result(run_decode_job(job))
-            return None, future
-        pool = self._pool
-        try:
-            return pool, pool.submit(run_decode_job, job)
-        except cf.process.BrokenProcessPool:
-            self._restart(pool)
-            pool = self._pool
-            return pool, pool.submit(run_decode_job, job)  # type: ignore[union-attr]
-
-    def _workers_start(self) -> bool:
-        """Whether a fresh pool's worker can start and run a job that touches no image."""
-        if self._pool is None:
-            return False
-        try:
-            self._pool.submit(_warm_worker).result(timeout=300)
-            return True
-        except Exception:  # noqa: BLE001 - any failure here means: no usable workers
-            return False
-
-    def _check_start(self, err: BaseException) -> None:
-        """After the first broken pool: if workers cannot start at all (e.g. `spawn` cannot
-        re-import the main module of a script fed on stdin), decode in-process from now on
-        instead of failing every image; a worker killed by one image keeps the retry path."""
-        if self._start_checked:
-            return
-        self._start_checked = True
-        if self._workers_start():
-            return
-        _warn(f"decode workers could not start ({type(err).__name__}: {err}); "
-              "decoding in-process instead (--workers 0)")
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = None
-        self.inline_fallback = True
-
-    def result(self, submitted: tuple[Any, cf.Future], job: DecodeJob) -> DecodeResult:
-        """The job's result; never raises (see the class docstring)."""
-        pool, future = submitted
-        for attempt in range(2):
-            try:
-                return future.result()
-            except cf.process.BrokenProcessPool as err:
-                self._restart(pool)
-                self._check_start(err)
-                if self.inline_fallback:
-                    return run_decode_job(job)
-                if attempt == 1 or self._pool is None:
-                    return DecodeResult(
-                        filepath=job.filepath, error=f"decode worker crashed ({err})"
-                    )
-                _warn(f"{job.filepath}: a decode worker died; retrying in a new worker")
-                pool, future = self._pool, self._pool.submit(run_decode_job, job)
-            except Exception as err:  # noqa: BLE001 - e.g. a result that cannot be pickled
-                return DecodeResult(filepath=job.filepath, error=f"{type(err).__name__}: {err}")
-        raise AssertionError("unreachable")
-
-    def warm(self) -> None:
-        """Start the workers now (spawn + imports), e.g. while the models load."""
-        if self._pool is not None:
-            for _ in range(self.workers):
-                self._pool.submit(_warm_worker)
-
-    def shutdown(self, cancel: bool = False) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=cancel)
-            self._pool = None
-
-
 class PipelineRun:
     """One execution of the pipeline; `run()` returns `(predictions_dict, stats)`."""
 
@@ -719,7 +419,7 @@ class PipelineRun:
         self,
         config: PipelineConfig,
         components: Components | None = None,
-        executor: _Executor | None = None,
+        executor: DecodeExecutor | None = None,
     ) -> None:
         if config.mode not in MODES:
             raise ValueError(f"unknown mode {config.mode!r}")
@@ -822,14 +522,15 @@ class PipelineRun:
         with self._timings_lock:
             self.timings[key] = self.timings.get(key, 0.0) + seconds
 
-    def _window(self, executor: _Executor) -> int:
+    def _window(self, executor: DecodeExecutor) -> int:
         """Jobs submitted ahead. Inline decoding gains nothing from read-ahead, so 1."""
         if executor.workers == 0:
             return 1
         return max(2 * self.config.batch_size, 2 * executor.workers, 4)
 
     def _decode_stage(
-        self, executor: _Executor, items: Iterable[_Item], make_job: Callable[[_Item], DecodeJob]
+        self, executor: DecodeExecutor, items: Iterable[_Item],
+        make_job: Callable[[_Item], DecodeJob],
     ) -> Iterator[tuple[_Item, DecodeResult]]:
         """Submit decode jobs a bounded window ahead; yield results in submission order."""
         pending: deque[tuple[_Item, DecodeJob, tuple[Any, cf.Future]]] = deque()
@@ -946,7 +647,7 @@ class PipelineRun:
         self._add_time("nms", time.perf_counter() - t1)
         yield from batch
 
-    def _crop_stage(self, executor: _Executor, items: Iterable[_Item]) -> Iterator[_Item]:
+    def _crop_stage(self, executor: DecodeExecutor, items: Iterable[_Item]) -> Iterator[_Item]:
         """Select detections and crop them (always_crop after the detector)."""
         cfg = self.config
         pending: deque[tuple[_Item, DecodeJob, tuple[Any, cf.Future]]] = deque()
@@ -987,7 +688,8 @@ class PipelineRun:
             yield self._finish_crop(executor, *pending.popleft())
 
     def _finish_crop(
-        self, executor: _Executor, item: _Item, job: DecodeJob, submitted: tuple[Any, cf.Future]
+        self, executor: DecodeExecutor, item: _Item, job: DecodeJob,
+        submitted: tuple[Any, cf.Future],
     ) -> _Item:
         result = executor.result(submitted, job)
         for key in ("decode", "crop"):
@@ -1140,7 +842,7 @@ class PipelineRun:
 
     # -- driver ----------------------------------------------------------------------------
 
-    def _stream(self, executor: _Executor) -> Iterator[_Item]:
+    def _stream(self, executor: DecodeExecutor) -> Iterator[_Item]:
         """The stage chain for this mode, as one iterator of finished-with items."""
         mode = self.config.mode
         items: Iterable[_Item] = self.todo
@@ -1182,7 +884,7 @@ class PipelineRun:
         return stream
 
     def _classifier_only_decode(
-        self, executor: _Executor, items: Iterable[_Item]
+        self, executor: DecodeExecutor, items: Iterable[_Item]
     ) -> Iterator[_Item]:
         """Classifier-only: detections come from --detections-json, crops at decode time."""
         cfg = self.config
@@ -1224,11 +926,11 @@ class PipelineRun:
         interrupted: int | None = None
         error: BaseException | None = None
         self.guard = _SignalGuard(cfg.handle_signals)
-        executor: _Executor | None = self._executor
+        executor: DecodeExecutor | None = self._executor
         with self.guard:
             try:
                 if executor is None:
-                    executor = _Executor(cfg.workers if cfg.mode != "ensemble" else 0)
+                    executor = DecodeExecutor(cfg.workers if cfg.mode != "ensemble" else 0)
                 for item in self._stream(executor):
                     self._finish(item)
                     self.guard.check()
@@ -1313,10 +1015,6 @@ def _default_geolocate() -> Callable[[dict], dict | None]:
         }
 
     return fallback
-
-
-def _warn(message: str) -> None:
-    print(f"edgenet: warning: {message}", file=sys.stderr)
 
 
 def run_pipeline(config: PipelineConfig, components: Components | None = None) -> tuple[dict, dict]:

@@ -182,8 +182,8 @@ def _exiting_pool(self):
 
 
 def test_workers_that_cannot_start_fall_back_to_in_process(tiny, baseline, monkeypatch, capsys):
-    monkeypatch.setattr(pipeline._Executor, "_new_pool", _exiting_pool)
-    executor = pipeline._Executor(1)
+    monkeypatch.setattr(pipeline.DecodeExecutor, "_new_pool", _exiting_pool)
+    executor = pipeline.DecodeExecutor(1)
     config = pipeline.PipelineConfig(instances=tiny["instances"], model=tiny["pack"],
                                      batch_size=2, workers=1, handle_signals=False)
     preds, stats = pipeline.PipelineRun(config, executor=executor).run()
@@ -195,7 +195,7 @@ def test_workers_that_cannot_start_fall_back_to_in_process(tiny, baseline, monke
 def test_a_worker_killed_by_one_job_is_retried_not_abandoned(tiny, baseline, monkeypatch):
     # The first job on one image kills its worker; the pool is rebuilt, the job retried there
     # (and succeeds), and workers are not given up on: they do start.
-    real_submit = pipeline._Executor.submit
+    real_submit = pipeline.DecodeExecutor.submit
     target = next(i["filepath"] for i in tiny["instances"] if i["filepath"].endswith(".jpg"))
     killed: list[str] = []
 
@@ -205,8 +205,8 @@ def test_a_worker_killed_by_one_job_is_retried_not_abandoned(tiny, baseline, mon
             return self._pool, self._pool.submit(os._exit, 7)
         return real_submit(self, job)
 
-    monkeypatch.setattr(pipeline._Executor, "submit", submit)
-    executor = pipeline._Executor(1)
+    monkeypatch.setattr(pipeline.DecodeExecutor, "submit", submit)
+    executor = pipeline.DecodeExecutor(1)
     config = pipeline.PipelineConfig(instances=tiny["instances"], model=tiny["pack"],
                                      batch_size=1, workers=1, handle_signals=False)
     preds, _ = pipeline.PipelineRun(config, executor=executor).run()

@@ -1,0 +1,261 @@
+"""Decode workers: decode, letterbox and crop images in spawned processes (or in-process).
+
+What a worker does with one image is a `DecodeJob` -> `DecodeResult` (`run_decode_job`, a
+top-level function so the `spawn` start method, Windows' only one, can pickle it); the
+`DecodeExecutor` runs jobs in a process pool, survives workers that die (rebuilds the pool
+and retries the job once) and falls back to in-process decoding when workers cannot start at
+all. The pipeline (`edgenet.pipeline`) submits jobs a bounded window ahead.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgenet.errors import warn
+
+
+@dataclass
+class DecodeJob:
+    """What a worker should do with one image."""
+
+    filepath: str
+    letterbox: bool = False
+    keep_image: bool = False
+    crops: Any = None  # None, "full_image", or a list of normalised [x, y, w, h] boxes
+
+
+@dataclass
+class DecodeResult:
+    """What a worker returns: arrays only (PIL images are returned only in-process)."""
+
+    filepath: str
+    ok: bool = False
+    error: str = ""
+    letterboxed: Any = None
+    orig_w: int = 0
+    orig_h: int = 0
+    image: Any = None
+    crops: Any = None
+    crop_error: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _worker_init() -> None:
+    """Workers ignore Ctrl-C: the main process decides what to save and when to stop.
+
+    They also exit when the main process dies (`kill -9`, the OOM killer): otherwise a worker
+    blocked writing a result into the full result pipe (whose read end it also holds) lives
+    forever, and every killed run leaks one process per worker (tests/test_kill_resume.py).
+    """
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):
+        pass
+    try:
+        # Each worker is one unit of parallelism: OpenCV's own thread pool (one thread per
+        # core by default) in every worker would put workers x cores threads on the cores for
+        # each letterbox resize. One thread gives the same pixels (rows are split, not sums).
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # noqa: BLE001 - only a tuning; decoding works without it
+        pass
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_exit_with_parent, args=(parent.sentinel,), daemon=True,
+            name="edgenet-parent-watch",
+        ).start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    """Block until the parent process is gone, then end this worker at once."""
+    from multiprocessing.connection import wait
+
+    wait([sentinel])
+    os._exit(1)
+
+
+def _warm_worker() -> None:
+    """Import what decode jobs need, so the first real job does not pay for it."""
+    import edgenet.classifier  # noqa: F401
+    import edgenet.detector  # noqa: F401
+    import edgenet.images  # noqa: F401
+
+
+def start_workers(workers: int) -> DecodeExecutor:
+    """A decode-worker pool, started now; pass it to `PipelineRun(..., executor=...)`."""
+    executor = DecodeExecutor(workers)
+    executor.warm()
+    return executor
+
+
+def make_crops(image: Any, spec: Any) -> Any:
+    """Classifier inputs for an image: uint8 (k, 480, 480, 3), k = number of boxes (or 1)."""
+    import numpy as np
+
+    from edgenet.classifier import crop_for_classifier, full_image_crop, image_array
+
+    if spec == "full_image":
+        return np.asarray(full_image_crop(image))[None]
+    arr = image_array(image) if spec else None  # one PIL -> array copy per image, not per box
+    crops = [np.asarray(crop_for_classifier(arr, bbox)) for bbox in spec]
+    if not crops:
+        return np.zeros((0, 480, 480, 3), dtype=np.uint8)
+    return np.stack(crops)
+
+
+def run_decode_job(job: DecodeJob) -> DecodeResult:
+    """Decode one image and prepare what later stages need; never raises.
+
+    A decode failure is reported in `error` (the detector and, for whole images, the
+    classifier then fail for this image, as in the reference); a crop failure only in
+    `crop_error` (the classifier fails for this image).
+    """
+    from edgenet.images import load_rgb_image
+
+    result = DecodeResult(filepath=job.filepath)
+    t0 = time.perf_counter()
+    try:
+        image = load_rgb_image(job.filepath)
+        result.orig_w, result.orig_h = image.width, image.height
+    except Exception as err:  # noqa: BLE001 - any decode problem is a per-image failure
+        result.error = f"{type(err).__name__}: {err}"
+        result.timings["decode"] = time.perf_counter() - t0
+        return result
+    t1 = time.perf_counter()
+    result.timings["decode"] = t1 - t0
+    if job.letterbox:
+        try:
+            import numpy as np
+
+            from edgenet.detector import letterbox
+
+            result.letterboxed = letterbox(np.asarray(image))
+        except Exception as err:  # noqa: BLE001 - reference: detector preprocess failure
+            result.error = f"{type(err).__name__}: {err}"
+            result.timings["letterbox"] = time.perf_counter() - t1
+            return result
+        result.timings["letterbox"] = time.perf_counter() - t1
+    result.ok = True
+    if job.crops is not None:
+        t2 = time.perf_counter()
+        try:
+            result.crops = make_crops(image, job.crops)
+        except Exception as err:  # noqa: BLE001 - reference: classifier preprocess failure
+            result.crop_error = f"{type(err).__name__}: {err}"
+        result.timings["crop"] = time.perf_counter() - t2
+    if job.keep_image:
+        result.image = image
+    return result
+
+
+class DecodeExecutor:
+    """Runs decode jobs in spawned worker processes, or inline when workers == 0.
+
+    A worker that dies (a decoder crash, the OOM killer) breaks a ProcessPoolExecutor; the
+    pool is then rebuilt and each affected job is retried once in the new pool; a job that
+    breaks the pool twice becomes a per-image failure. The run itself never dies of it.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(0, int(workers))
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self.restarts = 0
+        self.inline_fallback = False  # workers could not start at all: decode in-process
+        self._start_checked = False
+        if self.workers > 0:
+            self._pool = self._new_pool()
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+        )
+
+    def _restart(self, broken: cf.ProcessPoolExecutor | None) -> None:
+        if broken is not self._pool or self._pool is None:
+            return  # already replaced
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+        self.restarts += 1
+
+    def submit(self, job: DecodeJob) -> tuple[Any, cf.Future]:
+        """Submit; returns (pool, future) so a broken pool can be told from a later one."""
+        if self._pool is None:
+            future: cf.Future = cf.Future()
+            future.set_result(run_decode_job(job))
+            return None, future
+        pool = self._pool
+        try:
+            return pool, pool.submit(run_decode_job, job)
+        except cf.process.BrokenProcessPool:
+            self._restart(pool)
+            pool = self._pool
+            return pool, pool.submit(run_decode_job, job)  # type: ignore[union-attr]
+
+    def _workers_start(self) -> bool:
+        """Whether a fresh pool's worker can start and run a job that touches no image."""
+        if self._pool is None:
+            return False
+        try:
+            self._pool.submit(_warm_worker).result(timeout=300)
+            return True
+        except Exception:  # noqa: BLE001 - any failure here means: no usable workers
+            return False
+
+    def _check_start(self, err: BaseException) -> None:
+        """After the first broken pool: if workers cannot start at all (e.g. `spawn` cannot
+        re-import the main module of a script fed on stdin), decode in-process from now on
+        instead of failing every image; a worker killed by one image keeps the retry path."""
+        if self._start_checked:
+            return
+        self._start_checked = True
+        if self._workers_start():
+            return
+        warn(f"decode workers could not start ({type(err).__name__}: {err}); "
+              "decoding in-process instead (--workers 0)")
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        self.inline_fallback = True
+
+    def result(self, submitted: tuple[Any, cf.Future], job: DecodeJob) -> DecodeResult:
+        """The job's result; never raises (see the class docstring)."""
+        pool, future = submitted
+        for attempt in range(2):
+            try:
+                return future.result()
+            except cf.process.BrokenProcessPool as err:
+                self._restart(pool)
+                self._check_start(err)
+                if self.inline_fallback:
+                    return run_decode_job(job)
+                if attempt == 1 or self._pool is None:
+                    return DecodeResult(
+                        filepath=job.filepath, error=f"decode worker crashed ({err})"
+                    )
+                warn(f"{job.filepath}: a decode worker died; retrying in a new worker")
+                pool, future = self._pool, self._pool.submit(run_decode_job, job)
+            except Exception as err:  # noqa: BLE001 - e.g. a result that cannot be pickled
+                return DecodeResult(filepath=job.filepath, error=f"{type(err).__name__}: {err}")
+        raise AssertionError("unreachable")
+
+    def warm(self) -> None:
+        """Start the workers now (spawn + imports), e.g. while the models load."""
+        if self._pool is not None:
+            for _ in range(self.workers):
+                self._pool.submit(_warm_worker)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None

@@ -1,0 +1,82 @@
+"""Device-dependent defaults of a run: batch size, decode workers, fixed batches, threads.
+
+Each is chosen by the provider the models run on (a GPU-class provider, one that pays for
+every new input shape, or the CPU), and each choice is measured (benchmarks/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def _fix_batch_shapes(comps: Any, batch_size: int) -> None:
+    """On GPU providers, run the models at exactly `batch_size` rows (padded), so that each
+    new partial-batch size does not cost a new kernel selection (providers.py says why).
+    Set on every run, so models reused across runs of other batch sizes follow this one."""
+    from edgenet.providers import is_shape_sensitive
+
+    mode = os.environ.get("EDGENET_FIXED_BATCH", "auto")  # "0": never, "1": also on the CPU
+    for model in (comps.detector, comps.classifier):
+        if model is None or not hasattr(model, "fixed_batch"):
+            continue
+        wanted = batch_size > 1 and mode != "0" and (
+            mode == "1" or is_shape_sensitive(getattr(model, "session", None)))
+        model.fixed_batch = batch_size if wanted else None
+
+
+def default_batch_size(accelerated: bool) -> int:
+    """`--batch-size` when the user does not say: 8 on a GPU (fills the device; the models run
+    fixed-size batches there), 1 on the CPU: measured on the full-size pack, 14 images, 2
+    cores, identical predictions: batch 1 took 99.9 s and 1.6 GB against batch 8's 117.0 s and
+    2.8 GB (the activations of one image stay in cache better; benchmarks/NOTES.md entry 8)."""
+    return 8 if accelerated else 1
+
+
+def default_workers(accelerated: bool) -> int:
+    """Decode workers when the user does not say.
+
+    On the CPU: in-process on <= 2 cores, else about a quarter of the cores. Measured on a
+    2-core CPU (51 images, tiny synthetic pack): one worker was slower (97 s) than in-process
+    decoding (87 s): the worker competes with onnxruntime's threads, which need the cores.
+    On a GPU the models leave the CPU free and decoding, letterboxing and cutting crops are
+    what feeds the device (~40 + 10 ms per 3 MP image, ~15 ms per crop, plus a second decode
+    for the crops: benchmarks/NOTES.md entry 8), so all cores but two (the pipeline's own
+    threads) decode, up to 16.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    if accelerated:
+        return max(1, min(16, cpus - 2))
+    return 0 if cpus <= 2 else min(4, max(1, cpus // 4))
+
+
+def accelerated_device(device: str, precision: str = "fp32") -> bool:
+    """Whether `--device DEVICE` will run on a GPU-class provider (before any session exists;
+    an `auto` GPU whose libraries then fail to load runs on the CPU after all)."""
+    from edgenet.providers import SHAPE_SENSITIVE_PROVIDERS, resolve_providers
+
+    try:
+        return resolve_providers(str(device), str(precision))[0][0] in SHAPE_SENSITIVE_PROVIDERS
+    except Exception:  # noqa: BLE001 - a bad --device is reported when the models load
+        return False
+
+
+def _on_accelerator(comps: Any) -> bool:
+    """True when a model runs on a GPU-class provider (one that pays per new input shape)."""
+    from edgenet.providers import is_shape_sensitive
+
+    return any(
+        model is not None and is_shape_sensitive(getattr(model, "session", None))
+        for model in (comps.detector, comps.classifier)
+    )
+
+
+def _overlap_stages(comps: Any) -> bool:
+    """Whether the stages run on three threads (`overlap.py`, `PipelineRun._stream`): on GPU
+    providers, where onnxruntime's runs leave the CPU free; not on the CPU, where the threads
+    would compete for the same cores. `EDGENET_OVERLAP=0/1` overrides (tests force it)."""
+    mode = os.environ.get("EDGENET_OVERLAP", "auto")
+    if mode in ("0", "1"):
+        return mode == "1"
+    return _on_accelerator(comps)
