@@ -568,9 +568,8 @@ def _pipeline_config(spec: CellSpec, images: Sequence[str]) -> Any:
         "batch_size": spec.batch_size,
         "handle_signals": False,
         "predictions_json": None,
+        "workers": spec.workers,  # None: the pipeline's default for the device
     }
-    if spec.workers is not None:
-        kw["workers"] = spec.workers
     return PipelineConfig(**kw)
 
 

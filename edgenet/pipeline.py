@@ -1041,7 +1041,7 @@ def run_timed(
     precision: str = "fp32",
     batch_size: int = 8,
     threads: int | None = None,
-    workers: int = 0,
+    workers: int | None = None,
     mode: Mode = "full",
     predictions_json: str | os.PathLike | None = None,
     quiet: bool = True,
