@@ -300,7 +300,12 @@ def test_whole_image_classifier(tiny) -> None:
         assert all("raw_classifications" not in d for d in p["detections"][1:])
 
 
-def test_interrupt_saves_and_resume_equals_uninterrupted(tiny, baseline, tmp_path: Path):
+@pytest.mark.parametrize("overlap", ["0", "1"])
+def test_interrupt_saves_and_resume_equals_uninterrupted(tiny, baseline, tmp_path: Path,
+                                                         overlap, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("EDGENET_OVERLAP", overlap)  # "1": stage threads, as on a GPU
     out = tmp_path / "p.json"
     seen = []
 
@@ -317,13 +322,17 @@ def test_interrupt_saves_and_resume_equals_uninterrupted(tiny, baseline, tmp_pat
     assert 1 <= len(done) <= 4
     pending = [p for p in saved["predictions"] if p["filepath"] not in seen]
     assert all(p["failures"] == ["CLASSIFIER", "DETECTOR", "GEOLOCATION"] for p in pending)
+    assert not [t for t in threading.enumerate() if t.name.startswith("edgenet-d")]
     # Same command again: resumes, processes the rest, equals an uninterrupted run.
     _, stats2 = _run(tiny, predictions_json=out, batch_size=3)
     assert stats2["images_reused"] == len(done)
     assert out.read_text(encoding="utf-8") == P.dumps_predictions(baseline)
 
 
-def test_keyboard_interrupt_without_handlers_still_saves(tiny, tmp_path: Path) -> None:
+@pytest.mark.parametrize("overlap", ["0", "1"])
+def test_keyboard_interrupt_without_handlers_still_saves(tiny, tmp_path: Path, overlap,
+                                                         monkeypatch) -> None:
+    monkeypatch.setenv("EDGENET_OVERLAP", overlap)
     out = tmp_path / "p.json"
 
     def boom(fp: str, result: dict) -> None:
