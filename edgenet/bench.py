@@ -1182,8 +1182,24 @@ def bench(
     return report
 
 
+def default_bench_pack() -> tuple[Path, str]:
+    """The pack `edgenet bench` measures without --model: the installed default pack (as
+    `edgenet run`), else the tiny synthetic demo pack that ships with edgenet, so that a fresh
+    install can run the benchmark at once (its numbers are the pipeline's, not SpeciesNet's)."""
+    from edgenet.demo import demo_pack_dir
+    from edgenet.pack import default_pack_dir
+
+    installed = Path(default_pack_dir())
+    if (installed / "info.json").is_file():
+        return installed, f"the default pack {installed}"
+    return demo_pack_dir(), ("the tiny synthetic demo pack (no pack installed; pass --model "
+                             "for a real or full-size one)")
+
+
 def bench_command(
-    model: Annotated[Path, typer.Option("--model", help="model pack folder")],
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="model pack folder (default: the installed default pack, else the "
+                        "tiny synthetic demo pack)")] = None,
     images: Annotated[Path | None, typer.Option(
         "--images", help="folder of images (default: generated camera-trap-like frames)")
     ] = None,
@@ -1203,6 +1219,10 @@ def bench_command(
 ) -> None:
     """Benchmark a pack over devices x precisions x batch sizes: per-stage time, images/s,
     peak memory; writes bench.json, bench.md and bench.png."""
+    if model is None:
+        model, what = default_bench_pack()
+        if not quiet:
+            typer.echo(f"benchmarking {what}", err=True)
     try:
         bench(model, images, devices, precisions, batch_sizes, threads, out, workers,
               compare or [], num_images, peak, flops, quiet)

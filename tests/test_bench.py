@@ -364,6 +364,23 @@ def test_bench_cli_errors(tiny_pack: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "o" / "bench.json").exists()  # refused before any run
 
 
+def test_bench_without_model_uses_the_demo_pack_on_a_fresh_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from edgenet.demo import demo_pack_dir
+
+    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "empty-home"))  # nothing installed
+    assert bench.default_bench_pack()[0] == demo_pack_dir()
+    out = tmp_path / "o"
+    r = CliRunner().invoke(bench.bench_app(), ["--out", str(out), "--num-images", "2",
+                                                "--no-peak", "--no-flops", "--quiet"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "bench.json").read_text())
+    assert Path(report["pack"]["path"]).resolve() == demo_pack_dir().resolve()
+    assert report["cells"][0]["ok"] and (out / "bench.png").is_file()
+
+
 def test_missing_variant_is_a_failed_cell_not_a_crash(tmp_path: Path) -> None:
     pack = make_tiny_pack(tmp_path / "p")
     report = bench.bench(pack, None, "cpu", "fp16", "1", threads=1, out=tmp_path / "o",
