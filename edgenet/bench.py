@@ -40,6 +40,7 @@ from edgenet.onnx_writer import field_bytes as _field_bytes
 from edgenet.onnx_writer import field_varint as _field_varint
 from edgenet.onnx_writer import tensor as _onnx_tensor
 from edgenet.onnx_writer import value_info as _value_info
+from edgenet.run_defaults import cpu_flags
 
 if TYPE_CHECKING:  # numpy is imported where used: `edgenet --help` should not pay for it
     import numpy as np
@@ -233,18 +234,6 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_flags() -> list[str]:
-    """The SIMD features that decide int8/bf16 speed (VNNI, AVX512_BF16, AMX)."""
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
-              "amx_int8", "asimd", "asimddp", "sve")
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.lower().startswith(("flags", "features")):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
-    return []
-
-
 def _gpus() -> list[dict[str, str]]:
     try:
         out = subprocess.run(
@@ -269,7 +258,7 @@ def machine_info() -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_flags": cpu_flags(),
         "logical_cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

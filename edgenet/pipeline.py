@@ -220,6 +220,14 @@ def load_pack(model: str | os.PathLike | None) -> Any:
     return ModelPack.load(path)
 
 
+def _runs_on_cpu(model: Any) -> bool:
+    """True when MODEL's session runs on onnxruntime's own CPU provider."""
+    try:
+        return model.session.get_providers()[0] == "CPUExecutionProvider"
+    except (AttributeError, IndexError):
+        return False
+
+
 def _pack_variant(pack: Any, precision: str) -> Any:
     """The pack's files for a precision (fp32 is the pack itself)."""
     variant = getattr(pack, "variant", None)
@@ -335,6 +343,14 @@ def load_components(config: PipelineConfig) -> Components:
             target_species_txt=config.target_species_txt,
             session=session,
         )
+    if config.precision == "int8" and any(
+        _runs_on_cpu(m) for m in (comps.detector, comps.classifier)
+    ):
+        from edgenet.run_defaults import int8_cpu_warning
+
+        message = int8_cpu_warning()
+        if message:
+            _warn(message)
     if need_ensemble and comps.ensemble is None:
         from edgenet.ensemble import Ensemble
 

@@ -6,8 +6,13 @@ every new input shape, or the CPU), and each choice is measured (benchmarks/NOTE
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
+from pathlib import Path
 from typing import Any
+
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
 def _fix_batch_shapes(comps: Any, batch_size: int) -> None:
@@ -80,3 +85,35 @@ def _overlap_stages(comps: Any) -> bool:
     if mode in ("0", "1"):
         return mode == "1"
     return _on_accelerator(comps)
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD features that decide int8/bf16 speed and accuracy (VNNI, AVX512_BF16, AMX)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+              "amx_int8", "asimd", "asimddp", "sve")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith(("flags", "features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    return []
+
+
+def int8_cpu_warning(flags: list[str] | None = None, machine: str | None = None) -> str | None:
+    """Why an int8 pack may be less accurate on this CPU, or None.
+
+    The int8 packs use uint8 activations x int8 weights (converters/quantize.py says why).
+    x86 CPUs without VNNI multiply those pairs with an instruction whose 16-bit intermediate
+    sums can saturate (onnxruntime's quantization docs), so results can drift from what the
+    pack's fidelity.json (measured on a VNNI machine) promises. Not an issue on ARM. Unknown
+    flags (no /proc/cpuinfo, e.g. Windows) say nothing rather than guess.
+    """
+    arch = (machine or platform.machine()).lower()
+    have = cpu_flags() if flags is None else flags
+    if arch not in _X86 or not have:
+        return None
+    if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(have):
+        return None
+    return ("this x86 CPU has no VNNI: the int8 pack's uint8 x int8 products can saturate "
+            "here, so accuracy may be below its fidelity report; compare with --precision fp32 "
+            "on a few images before relying on it")

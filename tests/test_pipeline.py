@@ -429,3 +429,26 @@ def test_ensemble_only_and_discovery_equal_reference(tiny, ref_python, tmp_path:
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert prepare_instances(folders=folders) == json.loads(proc.stdout)
+
+
+def test_int8_warning_only_on_x86_without_vnni() -> None:
+    from edgenet.run_defaults import int8_cpu_warning
+
+    assert "VNNI" in int8_cpu_warning(["avx2", "fma"], "x86_64")
+    assert int8_cpu_warning(["avx2", "avx512f", "avx512_vnni"], "x86_64") is None
+    assert int8_cpu_warning(["avx2", "avx_vnni"], "AMD64") is None
+    assert int8_cpu_warning(["asimd", "asimddp"], "aarch64") is None
+    assert int8_cpu_warning([], "x86_64") is None  # flags unknown: no guess
+
+
+def test_int8_run_warns_on_a_cpu_without_vnni(monkeypatch, capsys) -> None:
+    from edgenet import run_defaults
+    from edgenet.demo import demo_pack_dir  # the bundled pack has an int8 variant
+
+    monkeypatch.setattr(run_defaults, "cpu_flags", lambda: ["avx2", "fma"])
+    monkeypatch.setattr(run_defaults.platform, "machine", lambda: "x86_64")
+    pipeline.load_components(pipeline.PipelineConfig(instances=[], model=demo_pack_dir(),
+                                                     precision="int8"))
+    assert "no VNNI" in capsys.readouterr().err
+    pipeline.load_components(pipeline.PipelineConfig(instances=[], model=demo_pack_dir()))
+    assert "VNNI" not in capsys.readouterr().err  # fp32: nothing to say
