@@ -170,14 +170,62 @@ def _fix_inputs(model: Any, input_shapes: Mapping[str, Sequence[int]]) -> dict[s
     return fixed
 
 
-def _infer(model: Any) -> tuple[Any, str]:
+def _run_shapes(model: Any) -> Any | None:
+    """MODEL with every node output's shape as measured by running it once on zeros through
+    onnxruntime (graph optimisation off, so the nodes are the file's own), or None.
+
+    Why: static inference cannot know shapes that depend on computed values, e.g. the
+    explicit "SAME" padding tf2onnx writes as Pad(x, Cast(...)) at the classifier's stem:
+    onnx then loses every shape after it, and onnxruntime's symbolic inference guessed the
+    squeeze-excite convolutions at 30 x 30 instead of 1 x 1 (NOTES.md entry 8). Running the
+    graph measures them; it costs one forward and that forward's activations in memory.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    seen = {o.name for o in probe.graph.output}
+    names = [o for n in probe.graph.node for o in n.output if o and o not in seen]
+    for name in names:
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    try:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(probe.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+        feeds = {}
+        for inp in sess.get_inputs():
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(
+                next(i for i in model.graph.input if i.name == inp.name).type.tensor_type.elem_type)
+            feeds[inp.name] = np.zeros(inp.shape, dtype=dtype)
+        values = sess.run([o.name for o in sess.get_outputs()], feeds)
+    except Exception:  # noqa: BLE001 - e.g. too large for memory: fall back to inference
+        return None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    for meta, value in zip(sess.get_outputs(), values, strict=True):
+        arr = np.asarray(value)
+        out.graph.value_info.append(onnx.helper.make_tensor_value_info(
+            meta.name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
+    return out
+
+
+def _infer(model: Any, run: bool = True) -> tuple[Any, str]:
     """Shape-infer with onnx (data propagation resolves Shape->Reshape chains); when matrix op
-    outputs stay unknown, retry with onnxruntime's symbolic inference (needs sympy)."""
+    outputs stay unknown, measure the shapes by running the graph once (`_run_shapes`), and
+    only if that fails use onnxruntime's symbolic inference (needs sympy)."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     if not _missing_matrix_shapes(inferred):
         return inferred, "onnx"
+    measured = _run_shapes(model) if run else None
+    if measured is not None and not _missing_matrix_shapes(measured):
+        return measured, "onnxruntime-run"
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -306,8 +354,18 @@ def count_model(
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
 
+    original = onnx.ModelProto()
+    original.CopyFrom(proto)
     fixed = _fix_inputs(proto, input_shapes or {})
-    inferred, how = _infer(proto)
+    batches = {dims[0] for dims in fixed.values() if dims}
+    batch = next(iter(batches)) if len(batches) == 1 else 1
+    # A batch > 1 is never run to measure shapes (the full classifier at batch 8 would hold
+    # ~11 GB of activations): per-sample networks cost batch x one sample, so count one.
+    inferred, how = _infer(proto, run=batch <= 1)
+    if batch > 1 and (how != "onnx" or _missing_matrix_shapes(inferred)):
+        one = count_model(original, {k: [1, *v[1:]] for k, v in fixed.items()})
+        if one.shape_inference == "onnxruntime-run" and not one.unknown_shapes:
+            return _times_batch(one, batch, fixed, path)
     shapes, types = _shape_table(inferred)
 
     init_names = {t.name for t in inferred.graph.initializer}
@@ -368,6 +426,19 @@ def count_model(
         by_op=by_op,
         unknown_shapes=unknown,
         shape_inference=how,
+    )
+
+
+def _times_batch(one: ModelCost, batch: int, shapes: dict[str, list[int]],
+                 path: str) -> ModelCost:
+    """A one-sample count scaled to BATCH samples (weights are read once either way)."""
+    return ModelCost(
+        path=path, input_shapes=shapes, flops=one.flops * batch, macs=one.macs * batch,
+        matrix_flops=one.matrix_flops * batch, other_flops=one.other_flops * batch,
+        weight_bytes=one.weight_bytes, activation_bytes=one.activation_bytes * batch,
+        input_bytes=one.input_bytes * batch,
+        by_op={k: OpCost(v.count, v.flops * batch) for k, v in one.by_op.items()},
+        unknown_shapes=[], shape_inference=f"onnxruntime-run (1 sample x {batch})",
     )
 
 

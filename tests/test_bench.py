@@ -178,6 +178,29 @@ def test_flops_of_hand_made_graph(batch: int) -> None:
     assert cost.input_bytes == batch * 3 * 64 * 4
 
 
+@pytest.mark.parametrize("batch", [1, 4])
+def test_flops_when_static_inference_loses_shapes(batch: int) -> None:
+    """tf2onnx's "SAME" padding is Pad(x, Cast(computed pads)): static inference loses every
+    shape after it; the counter then measures them by running the graph (one sample)."""
+    pads_f = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.float32), "pads_f")
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "W")
+    nodes = [
+        helper.make_node("Relu", ["pads_f"], ["pads_r"]),  # computed, not a constant
+        helper.make_node("Cast", ["pads_r"], ["pads"], to=TensorProto.INT64),
+        helper.make_node("Pad", ["x", "pads"], ["xp"], mode="constant"),
+        helper.make_node("Conv", ["xp", "W"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "same_pad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])], [pads_f, w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    cost = flops.count_model(model, {"x": [batch, 3, 8, 8]})
+    assert cost.shape_inference.startswith("onnxruntime-run")
+    assert not cost.unknown_shapes
+    assert cost.macs == batch * 4 * 8 * 8 * 27
+
+
 def test_flops_of_int8_qdq_graph() -> None:
     """An int8 pack's graph (QDQ: int8 weights through DequantizeLinear) counts the same MACs;
     its weights count one byte per int8 element."""
