@@ -171,8 +171,9 @@ def _fix_inputs(model: Any, input_shapes: Mapping[str, Sequence[int]]) -> dict[s
 
 
 def _run_shapes(model: Any) -> Any | None:
-    """MODEL with every node output's shape as measured by running it once on zeros through
-    onnxruntime (graph optimisation off, so the nodes are the file's own), or None.
+    """MODEL, its value_info replaced by every node output's shape as measured by running it
+    once on zeros through onnxruntime (graph optimisation off, so the nodes are the file's
+    own), or None (MODEL unchanged).
 
     Why: static inference cannot know shapes that depend on computed values, e.g. the
     explicit "SAME" padding tf2onnx writes as Pad(x, Cast(...)) at the classifier's stem:
@@ -204,28 +205,38 @@ def _run_shapes(model: Any) -> Any | None:
         values = sess.run([o.name for o in sess.get_outputs()], feeds)
     except Exception:  # noqa: BLE001 - e.g. too large for memory: fall back to inference
         return None
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.value_info[:]
+    del probe  # the copy with extra outputs; MODEL (count_model's own copy) gets the shapes
+    del model.graph.value_info[:]
     for meta, value in zip(sess.get_outputs(), values, strict=True):
         arr = np.asarray(value)
-        out.graph.value_info.append(onnx.helper.make_tensor_value_info(
+        model.graph.value_info.append(onnx.helper.make_tensor_value_info(
             meta.name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
-    return out
+    return model
 
 
-def _infer(model: Any, run: bool = True) -> tuple[Any, str]:
-    """Shape-infer with onnx (data propagation resolves Shape->Reshape chains); when matrix op
-    outputs stay unknown, measure the shapes by running the graph once (`_run_shapes`), and
-    only if that fails use onnxruntime's symbolic inference (needs sympy)."""
+def _static_infer(model: Any) -> Any:
+    """onnx's shape inference (data propagation resolves Shape->Reshape chains)."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+
+
+def _infer(model: Any) -> tuple[Any, str]:
+    """Shape-infer with onnx; when matrix op outputs stay unknown, measure the shapes by
+    running the graph once (`_run_shapes`), and only if that fails use onnxruntime's symbolic
+    inference."""
+    inferred = _static_infer(model)
     if not _missing_matrix_shapes(inferred):
         return inferred, "onnx"
-    measured = _run_shapes(model) if run else None
+    measured = _run_shapes(model)
     if measured is not None and not _missing_matrix_shapes(measured):
         return measured, "onnxruntime-run"
+    return _symbolic(model, inferred)
+
+
+def _symbolic(model: Any, inferred: Any) -> tuple[Any, str]:
+    """onnxruntime's symbolic shape inference (needs sympy) when it knows more than INFERRED;
+    its guesses can be wrong (see `_run_shapes`), so it is the last resort."""
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -354,18 +365,21 @@ def count_model(
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
 
-    original = onnx.ModelProto()
-    original.CopyFrom(proto)
     fixed = _fix_inputs(proto, input_shapes or {})
     batches = {dims[0] for dims in fixed.values() if dims}
     batch = next(iter(batches)) if len(batches) == 1 else 1
-    # A batch > 1 is never run to measure shapes (the full classifier at batch 8 would hold
-    # ~11 GB of activations): per-sample networks cost batch x one sample, so count one.
-    inferred, how = _infer(proto, run=batch <= 1)
-    if batch > 1 and (how != "onnx" or _missing_matrix_shapes(inferred)):
-        one = count_model(original, {k: [1, *v[1:]] for k, v in fixed.items()})
-        if one.shape_inference == "onnxruntime-run" and not one.unknown_shapes:
-            return _times_batch(one, batch, fixed, path)
+    if batch <= 1:
+        inferred, how = _infer(proto)
+    else:
+        # A batch > 1 is never run to measure shapes (the full classifier at batch 8 would
+        # hold ~11 GB of activations): per-sample networks cost batch x one sample, so when
+        # static inference falls short, count one sample (count_model copies PROTO first).
+        inferred, how = _static_infer(proto), "onnx"
+        if _missing_matrix_shapes(inferred):
+            one = count_model(proto, {k: [1, *v[1:]] for k, v in fixed.items()})
+            if one.shape_inference == "onnxruntime-run" and not one.unknown_shapes:
+                return _times_batch(one, batch, fixed, path)
+            inferred, how = _symbolic(proto, inferred)
     shapes, types = _shape_table(inferred)
 
     init_names = {t.name for t in inferred.graph.initializer}

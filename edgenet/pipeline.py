@@ -222,10 +222,10 @@ def load_pack(model: str | os.PathLike | None) -> Any:
 
 def _runs_on_cpu(model: Any) -> bool:
     """True when MODEL's session runs on onnxruntime's own CPU provider."""
-    try:
-        return model.session.get_providers()[0] == "CPUExecutionProvider"
-    except (AttributeError, IndexError):
-        return False
+    from edgenet.providers import session_device
+
+    session = getattr(model, "session", None)
+    return session is not None and session_device(session) == "cpu"
 
 
 def _pack_variant(pack: Any, precision: str) -> Any:
@@ -287,7 +287,13 @@ def load_components(config: PipelineConfig) -> Components:
         detector_path = _attr(files, "detector")
         comps.detector_name = Path(detector_path).name if detector_path else None
     classifier_session = None
-    arena = config.batch_size == 1  # see providers.make_session
+    from edgenet.providers import make_session
+
+    def open_session(role: str) -> Any:
+        # The CPU arena only at batch 1 (providers.make_session says why).
+        return make_session(_attr(files, role), config.device, config.threads,
+                            config.precision, config.batch_size == 1)
+
     if need_classifier and comps.classifier is None and need_detector and comps.detector is None:
         # Both sessions at once: building one is mostly single-threaded graph optimisation
         # (~4 s each for the full-size models) and releases the GIL, so on two or more cores the
@@ -295,26 +301,19 @@ def load_components(config: PipelineConfig) -> Components:
         # An error surfaces from `.result()` below, still before any image is touched.
         from concurrent.futures import ThreadPoolExecutor
 
-        from edgenet.providers import make_session
-
         pool = ThreadPoolExecutor(1, thread_name_prefix="edgenet-session")
-        classifier_session = pool.submit(make_session, _attr(files, "classifier"),
-                                         config.device, config.threads, config.precision,
-                                         arena)
+        classifier_session = pool.submit(open_session, "classifier")
         pool.shutdown(wait=False)
     try:
         if need_detector and comps.detector is None:
             from edgenet.detector import DetectorModel
-            from edgenet.providers import make_session
 
-            path = _attr(files, "detector")
             comps.detector = DetectorModel(
-                path,
+                _attr(files, "detector"),
                 device=config.device,
                 threads=config.threads,
                 precision=config.precision,
-                session=make_session(path, config.device, config.threads, config.precision,
-                                     arena),
+                session=open_session("detector"),
             )
     except BaseException:
         if classifier_session is not None:  # the detector's error is the one to report
@@ -330,10 +329,7 @@ def load_components(config: PipelineConfig) -> Components:
         if labels is None:
             labels = _attr(pack, "classifier_labels")
         if session is None:
-            from edgenet.providers import make_session
-
-            session = make_session(_attr(files, "classifier"), config.device, config.threads,
-                                   config.precision, arena)
+            session = open_session("classifier")
         comps.classifier = ClassifierModel(
             _attr(files, "classifier"),
             labels,

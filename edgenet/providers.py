@@ -106,17 +106,21 @@ def tensorrt_cache_dir() -> Path:
     return cache_dir() / "tensorrt"
 
 
+def cpuinfo_flags_line() -> str:
+    """The CPU's ISA flags line from /proc/cpuinfo ("flags : ..." on x86, "Features : ..." on
+    ARM), stripped; "" where there is none (macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            return next((ln for ln in fh if ln.startswith(("flags", "Features"))), "").strip()
+    except OSError:
+        return ""
+
+
 def _cpu_signature() -> str:
     """What an optimised CPU graph depends on: ISA flags (NCHWc block size, VNNI kernels)."""
     import platform
 
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            flags = next((ln for ln in fh if ln.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
-    return f"{platform.machine()}|{platform.processor()}|{flags.strip()}"
+    return f"{platform.machine()}|{platform.processor()}|{cpuinfo_flags_line()}"
 
 
 def optimized_model_path(model_path: Path, providers: Sequence[str]) -> Path | None:

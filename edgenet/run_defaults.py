@@ -6,10 +6,8 @@ every new input shape, or the CPU), and each choice is measured (benchmarks/NOTE
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 _X86 = ("x86_64", "amd64", "i386", "i686", "x86")
@@ -89,14 +87,13 @@ def _overlap_stages(comps: Any) -> bool:
 
 def cpu_flags() -> list[str]:
     """The SIMD features that decide int8/bf16 speed and accuracy (VNNI, AVX512_BF16, AMX)."""
+    from edgenet.providers import cpuinfo_flags_line
+
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
               "amx_int8", "asimd", "asimddp", "sve")
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.lower().startswith(("flags", "features")):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
-    return []
+    line = cpuinfo_flags_line()
+    have = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    return [f for f in wanted if f in have]
 
 
 def int8_cpu_warning(flags: list[str] | None = None, machine: str | None = None) -> str | None:
