@@ -465,6 +465,20 @@ def _images_per_s(run: Mapping[str, Any], n: int) -> float | None:
     return n / run["wall_s"] if run.get("returncode") == 0 and run["wall_s"] > 0 else None
 
 
+def steady_images_per_s(row: Mapping[str, Any], n: int) -> float | None:
+    """Images per second once started: (n - 1) / (wall of n images - wall of one image).
+
+    The one-image run is the same command's start-up plus one image, so the difference is the
+    time the other n - 1 images took. On a GPU, start-up (CUDA context, sessions, first-shape
+    warm-up) is seconds and a season's run is hours, so this is the rate a long run sees; the
+    wall-time column keeps the start-up in.
+    """
+    wall, cold = row.get("wall_s"), row.get("cold_start_s")
+    if n < 2 or not wall or not cold or row.get("returncode") != 0 or wall <= cold:
+        return None
+    return (n - 1) / (wall - cold)
+
+
 def _peak(run: Mapping[str, Any]) -> float | None:
     vals = [v for v in (run.get("peak_rss_tree_mb"), run.get("peak_rss_wait4_mb")) if v]
     return max(vals) if vals else None
@@ -486,22 +500,33 @@ def render_table(result: Mapping[str, Any]) -> str:
         "| predictions vs speciesnet | fidelity vs fp32 |",
         f"|---|---|---|---|---|---|{'---|' if with_gpu else ''}---|---|---|",
     ]
-    ref_ips = None
-    for row in result["rows"]:
-        ips = row.get("images_per_s")
+    n = result["images"]
+    steady = [steady_images_per_s(row, n) for row in result["rows"]]
+    with_steady = any(v is not None for v in steady)
+    if with_steady:  # a column after cold start: images/s once started, and its ratio
+        lines[2] = lines[2].replace(
+            "cold start, 1 image (s) |",
+            "cold start, 1 image (s) | images/s after start-up | speed-up after start-up |")
+        lines[3] += "---|---|"
+    ref_ips = ref_steady = None
+    for row, st in zip(result["rows"], steady, strict=True):
         if row["name"].startswith("speciesnet"):
-            ref_ips = ips
+            ref_ips, ref_steady = row.get("images_per_s"), st
 
     def f(v: Any, d: int = 2) -> str:
         return "-" if v is None else f"{v:.{d}f}"
 
-    for row in result["rows"]:
+    for row, st in zip(result["rows"], steady, strict=True):
         ips = row.get("images_per_s")
         speed = f"{ips / ref_ips:.2f}x" if ips and ref_ips else "-"
+        after = ""
+        if with_steady:
+            ratio = f"{st / ref_steady:.2f}x" if st and ref_steady else "-"
+            after = f"{f(st, 3)} | {ratio} | "
         env_mb = row.get("env_bytes")
         lines.append(
             f"| {row['name']} | {f(ips, 3)} | {speed} | {f(row.get('wall_s'), 1)} | "
-            f"{f(row.get('cold_start_s'), 1)} | {f(row.get('peak_rss_mb'), 0)} | "
+            f"{f(row.get('cold_start_s'), 1)} | {after}{f(row.get('peak_rss_mb'), 0)} | "
             f"{f(row.get('peak_gpu_mb'), 0) + ' | ' if with_gpu else ''}"
             f"{f(env_mb / 2**20 if env_mb else None, 0)} | {row.get('agreement', '-')} | "
             f"{row.get('fidelity', '-')} |"

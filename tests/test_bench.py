@@ -573,3 +573,23 @@ def test_gpu_staging_reassembles_files_across_parts(tmp_path, monkeypatch) -> No
         gpu.receive(k)
     for name, data in files:
         assert (tmp_path / "device" / "files" / name).read_bytes() == data
+
+
+def test_render_table_steady_rate_from_the_cold_run() -> None:
+    """images/s after start-up = (n - 1) / (wall - cold); its ratio is to speciesnet's."""
+    rows = [{"name": "speciesnet 5.0.6 (PyTorch)", "wall_s": 51.0, "cold_start_s": 16.0,
+             "images_per_s": 101 / 51.0, "returncode": 0},
+            {"name": "edgenet fp32", "wall_s": 15.0, "cold_start_s": 10.0,
+             "images_per_s": 101 / 15.0, "returncode": 0},
+            {"name": "edgenet fp16", "wall_s": 9.0, "cold_start_s": None,
+             "images_per_s": 101 / 9.0, "returncode": 0}]
+    result = {"images": 101, "images_dir": "x", "size": "full", "created": "now",
+              "machine": {"cpu": "c", "logical_cores": 2}, "rows": rows}
+    table = compare_reference.render_table(result)
+    header, _, ref, fp32, fp16 = table.splitlines()[2:7]
+    assert "images/s after start-up" in header
+    assert "| 2.857 | 1.00x |" in ref  # 100 / 35
+    assert "| 20.000 | 7.00x |" in fp32  # 100 / 5
+    assert "| - | - |" in fp16  # no cold run: no steady rate
+    rows[0]["cold_start_s"] = rows[1]["cold_start_s"] = None
+    assert "after start-up" not in compare_reference.render_table(result)
