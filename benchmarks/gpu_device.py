@@ -24,7 +24,9 @@ the same files), assembles the SpeciesNet folder and converts it with `edgenet c
 (fp16 variant). `bench` waits for that, then runs `benchmarks/compare_reference.py` on the GPU
 twice (the 14 images copied 24 times, with cold starts, for speed with each tool at its
 defaults; the 14 images with TF32 off on both sides for fidelity) plus `edgenet bench` on the
-copied set, and copies the tables to $OUT.
+copied set, and copies the tables to $OUT. `probe` (after `bench`, or instead of it) measures
+each model alone under CUDA option variants (`benchmarks/gpu_probe.py`) and times whole
+`edgenet run`s with `EDGENET_CUDA_OPTIONS` set to the ones it is about.
 """
 
 from __future__ import annotations
@@ -322,21 +324,43 @@ def _collect(src: Path, names: tuple[str, ...], out: Path, stem: str) -> None:
             shutil.copyfile(src / name, out / (stem + Path(name).suffix))
 
 
-def bench(out: Path, budget_s: float) -> None:
-    t_end = time.monotonic() + budget_s
+def _wait_for_build(out: Path, t_end: float, margin_s: float) -> None:
     while not (ROOT / "build.done").exists():
-        if (ROOT / "build.failed").exists() or time.monotonic() > t_end - 200:
+        if (ROOT / "build.failed").exists() or time.monotonic() > t_end - margin_s:
             print((ROOT / "build.log").read_text()[-6000:])
             raise SystemExit("build did not finish")
         time.sleep(3)
     _log("build log tail:\n" + (ROOT / "build.log").read_text()[-1200:])
     shutil.copyfile(ROOT / "build.log", out / "build.log")
-    repo = ROOT / "repo"
+
+
+def _device_env(repo: Path) -> dict[str, str]:
+    """The environment both tools run in there: onnxruntime-gpu first, the carried wheels,
+    the checkout REPO, the image's CUDA libraries from its nvidia-* wheels."""
     ortgpu = "" if DRY else f"{ROOT / 'ortgpu'}:"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EDGENET_HOME": str(ROOT / "home"),
-           "PYTHONPATH": f"{ortgpu}{ROOT / 'site'}:{repo}{EXTRA}",
-           "LD_LIBRARY_PATH": ":".join([*_nvidia_lib_dirs(),
-                                        os.environ.get("LD_LIBRARY_PATH", "")])}
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "EDGENET_HOME": str(ROOT / "home"),
+            "PYTHONPATH": f"{ortgpu}{ROOT / 'site'}:{repo}{EXTRA}",
+            "LD_LIBRARY_PATH": ":".join([*_nvidia_lib_dirs(),
+                                         os.environ.get("LD_LIBRARY_PATH", "")])}
+
+
+def _big_set(small: Path) -> Path:
+    """The throughput set: every image of SMALL hard-linked COPIES times."""
+    big = ROOT / "big"
+    if not big.exists():
+        big.mkdir()
+        for p in sorted(small.iterdir()):
+            if p.name != "instances.json" and p.is_file():
+                for c in range(COPIES):
+                    os.link(p, big / f"c{c:02d}_{p.name}")
+    return big
+
+
+def bench(out: Path, budget_s: float) -> None:
+    t_end = time.monotonic() + budget_s
+    _wait_for_build(out, t_end, 200)
+    repo = ROOT / "repo"
+    env = _device_env(repo)
     _sh(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"], env, 30)
     probe = ("import onnxruntime as ort, torch; print('ort', ort.__version__, "
              "ort.get_available_providers(), 'torch', torch.__version__, "
@@ -351,13 +375,7 @@ def bench(out: Path, budget_s: float) -> None:
               sys.executable, "--no-env-size", "--precisions", "fp32,fp16",
               "--batch-size", "8", f"--edgenet-args=--device {DEVICE}"]  # workers: default
     small = ROOT / "shared" / "images" / "speciesnet_test_data"
-    big = ROOT / "big"
-    if not big.exists():
-        big.mkdir()
-        for p in sorted(small.iterdir()):
-            if p.name != "instances.json" and p.is_file():
-                for c in range(COPIES):
-                    os.link(p, big / f"c{c:02d}_{p.name}")
+    big = _big_set(small)
     # 1. Speed: the 14 images x COPIES with one-image cold runs, so the table also gives
     # images/s after start-up. Each tool at its defaults: TF32 convolutions on both sides.
     _sh([*common, "--work", str(work / "cmpbig"), "--images", str(big)], env,
@@ -382,6 +400,59 @@ def bench(out: Path, budget_s: float) -> None:
             print(f"\n== {name}\n" + (out / name).read_text(), flush=True)
 
 
+def probe(out: Path, budget_s: float) -> None:
+    """After (or instead of) `bench`: the device floor of each model under CUDA option
+    variants (`benchmarks/gpu_probe.py`), then whole `edgenet run`s of the big set with the
+    option sets the probe is about (`EDGENET_CUDA_OPTIONS`), each timed from process start."""
+    t_end = time.monotonic() + budget_s
+    _wait_for_build(out, t_end, 120)
+    env = _device_env(REPO)  # this call's checkout: fixes sent after the build count
+    pack = ROOT / "work" / f"pack_{SIZE}"
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from compare_reference import make_instances
+    from stack_summary import render, summarize
+
+    big = _big_set(ROOT / "shared" / "images" / "speciesnet_test_data")
+    instances = make_instances(big, ROOT / "work" / "probe_instances.json")
+    n_images = len(json.loads(instances.read_text())["instances"])
+    # 1. What the pipeline's threads do (fp32, defaults): every thread's wall time, then who
+    # holds the GIL (py-spy, carried as a wheel; benchmarks/stack_summary.py reads it).
+    pyspy = ROOT / "site" / "bin" / "py-spy"
+    for mode, flags in (("threads", ["--threads", "--idle"]), ("gil", ["--threads", "--gil"])):
+        if not pyspy.is_file() or t_end - time.monotonic() < 120:
+            break
+        preds = ROOT / "work" / f"pyspy_{mode}.json"
+        preds.unlink(missing_ok=True)
+        raw = out / f"pyspy_{mode}.txt"
+        _sh([str(pyspy), "record", *flags, "-r", "100", "-f", "raw", "-o", str(raw), "--",
+             sys.executable, "-m", "edgenet.cli", "run", "--model", str(pack),
+             "--instances-json", str(instances), "--predictions-json", str(preds),
+             "--precision", "fp32", "--device", DEVICE, "--quiet"], env, 90)
+        if raw.is_file():
+            print(f"== py-spy {mode}\n" + render(summarize(raw.read_text()), 8), flush=True)
+    # 2. Each model alone under CUDA option variants.
+    _sh([sys.executable, str(REPO / "benchmarks" / "gpu_probe.py"), str(pack), "--batches",
+         "8", "--variants", "default,nhwc,exhaustive,graph", "--json", str(out / "probe.json")],
+        env, max(30, (t_end - time.monotonic()) * 0.5))
+    # 3. Whole runs with the option sets the probe is about.
+    rows = []
+    for label, options in (("default", ""), ("prefer_nhwc", "prefer_nhwc=1")):
+        for prec in ("fp32", "fp16"):
+            if t_end - time.monotonic() < 45:
+                break
+            preds = ROOT / "work" / f"probe_{label}_{prec}.json"
+            preds.unlink(missing_ok=True)  # a run resumes from an existing file
+            t0 = time.monotonic()
+            rc = _sh([sys.executable, "-m", "edgenet.cli", "run", "--model", str(pack),
+                      "--instances-json", str(instances), "--predictions-json", str(preds),
+                      "--precision", prec, "--device", DEVICE, "--quiet"],
+                     {**env, "EDGENET_CUDA_OPTIONS": options}, t_end - time.monotonic() - 10)
+            rows.append({"options": options or "(edgenet's)", "precision": prec, "rc": rc,
+                         "wall_s": round(time.monotonic() - t0, 2), "images": n_images})
+            _log(f"edgenet run {prec} EDGENET_CUDA_OPTIONS={options!r}: {rows[-1]}")
+    (out / "probe_runs.json").write_text(json.dumps(rows, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -393,6 +464,8 @@ def main() -> None:
     sub.add_parser("build")
     pb = sub.add_parser("bench")
     pb.add_argument("--budget-s", type=float, default=540)
+    pq = sub.add_parser("probe")
+    pq.add_argument("--budget-s", type=float, default=300)
     a = p.parse_args()
     if a.cmd == "payload":
         payload(a.ort_wheel, a.synth)
@@ -403,7 +476,7 @@ def main() -> None:
     else:
         out = Path(os.environ.get("OUT", ROOT / "out"))
         out.mkdir(parents=True, exist_ok=True)
-        bench(out, a.budget_s)
+        (bench if a.cmd == "bench" else probe)(out, a.budget_s)
 
 
 if __name__ == "__main__":

@@ -213,13 +213,35 @@ def _ort_version() -> tuple[int, int]:
         return (0, 0)
 
 
+def cuda_option_overrides() -> dict[str, str]:
+    """CUDA execution-provider options from `EDGENET_CUDA_OPTIONS` ("key=value,key=value").
+
+    Why an environment variable: which of onnxruntime's CUDA options pay off (`prefer_nhwc`,
+    `cudnn_conv_algo_search=EXHAUSTIVE`, `use_tf32`, ...) depends on the GPU and the build,
+    and is measured on lent machines with `benchmarks/gpu_probe.py` before any becomes a
+    default; this lets a whole `edgenet run`/`bench` try one without a code change. Values
+    are passed to onnxruntime as given (it rejects unknown keys when the session is made).
+    """
+    raw = os.environ.get("EDGENET_CUDA_OPTIONS", "").strip()
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise EdgenetError(
+                f"EDGENET_CUDA_OPTIONS: {item!r} is not key=value",
+                fix="write it as e.g. EDGENET_CUDA_OPTIONS=prefer_nhwc=1,use_tf32=0",
+            )
+        options[key.strip()] = value.strip()
+    return options
+
+
 def _provider_entry(device: str, precision: str) -> tuple[str, dict[str, Any]]:
     """(provider name, options) for one device, with edgenet's tuning."""
     name = DEVICE_PROVIDERS[device]
     if device == "cuda":
         # Exhaustive cuDNN search gives bimodal latencies and slow first batches per shape;
         # the heuristic picks near-best kernels immediately.
-        return name, {"cudnn_conv_algo_search": "HEURISTIC"}
+        return name, {"cudnn_conv_algo_search": "HEURISTIC", **cuda_option_overrides()}
     if device == "tensorrt":
         cache = str(tensorrt_cache_dir())
         return name, {
@@ -418,8 +440,8 @@ def describe_session(sess: ort.InferenceSession) -> str:
     for name in sess.get_providers():
         o = opts.get(name, {})
         keys = [
-            k for k in ("cudnn_conv_algo_search", "trt_fp16_enable", "trt_engine_cache_path",
-                        "device_type", "ModelFormat")
+            k for k in ("cudnn_conv_algo_search", "prefer_nhwc", "use_tf32", "enable_cuda_graph",
+                        "trt_fp16_enable", "trt_engine_cache_path", "device_type", "ModelFormat")
             if k in o
         ]
         extra = ", ".join(f"{k}={o[k]}" for k in keys)

@@ -593,3 +593,30 @@ def test_render_table_steady_rate_from_the_cold_run() -> None:
     assert "| - | - |" in fp16  # no cold run: no steady rate
     rows[0]["cold_start_s"] = rows[1]["cold_start_s"] = None
     assert "after start-up" not in compare_reference.render_table(result)
+
+
+def test_stack_summary_attributes_samples_to_threads_and_places() -> None:
+    """py-spy raw lines -> per-thread samples, keyed by innermost edgenet frame and leaf."""
+    import stack_summary
+
+    raw = "\n".join([
+        "thread (1): MainThread;main (edgenet/cli.py:10);_run_detector (edgenet/pipeline.py:5);"
+        "run_with_iobinding (edgenet/providers.py:9);run (onnxruntime/session.py:3) 30",
+        "thread (1): MainThread;main (edgenet/cli.py:10);wait (threading.py:300) 10",
+        "thread (2): edgenet-detect;to_tensor (C:\\\\x\\\\edgenet\\\\detector.py:84) 20",
+        "thread (3): Thread-1 5",
+        "not a py-spy line",
+    ])
+    summary = stack_summary.summarize(raw)
+    main = summary["MainThread"]
+    assert main["samples"] == 40
+    assert main["places"][("run_with_iobinding (providers.py)", "run (session.py)")] == 30
+    assert main["places"][("main (cli.py)", "wait (threading.py)")] == 10
+    assert summary["edgenet-detect"]["places"][("to_tensor (detector.py)",
+                                                 "to_tensor (detector.py)")] == 20
+    assert summary["Thread-1"]["places"][("-", "(no Python frame)")] == 5
+    text = stack_summary.render(summary, top=1)
+    assert text.splitlines()[0] == "MainThread: 40 samples (62% of all)"
+    assert "75.0%  run_with_iobinding (providers.py)  ->  run (session.py)" in text
+    flat = stack_summary.summarize("main (edgenet/cli.py:1);wait (threading.py:3) 7")
+    assert flat["(all threads)"]["places"][("main (cli.py)", "wait (threading.py)")] == 7

@@ -111,6 +111,21 @@ def test_cuda_uses_heuristic_conv_search(fake_providers) -> None:
     assert cpu == ("CPUExecutionProvider", {})
 
 
+def test_cuda_options_from_the_environment(fake_providers, monkeypatch) -> None:
+    """EDGENET_CUDA_OPTIONS adds or replaces CUDA options (also behind TensorRT), nothing else."""
+    fake_providers("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    monkeypatch.setenv("EDGENET_CUDA_OPTIONS",
+                       " prefer_nhwc=1, cudnn_conv_algo_search=EXHAUSTIVE ,")
+    (_, opts), _ = providers.resolve_providers("cuda")
+    assert opts == {"cudnn_conv_algo_search": "EXHAUSTIVE", "prefer_nhwc": "1"}
+    (_, trt_opts), (_, cuda_opts), _ = providers.resolve_providers("tensorrt")
+    assert "prefer_nhwc" not in trt_opts and cuda_opts["prefer_nhwc"] == "1"
+    assert providers.resolve_providers("cpu") == [("CPUExecutionProvider", {})]
+    monkeypatch.setenv("EDGENET_CUDA_OPTIONS", "prefer_nhwc")
+    with pytest.raises(EdgenetError, match="not key=value"):
+        providers.resolve_providers("cuda")
+
+
 def test_tensorrt_cache_and_fp16(fake_providers, monkeypatch, tmp_path: Path) -> None:
     fake_providers("TensorrtExecutionProvider", "CUDAExecutionProvider")
     monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
