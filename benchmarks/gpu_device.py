@@ -26,7 +26,8 @@ twice (the 14 images copied 24 times, with cold starts, for speed with each tool
 defaults; the 14 images with TF32 off on both sides for fidelity) plus `edgenet bench` on the
 copied set, and copies the tables to $OUT. `probe` (after `bench`, or instead of it) measures
 each model alone under CUDA option variants (`benchmarks/gpu_probe.py`) and times whole
-`edgenet run`s with `EDGENET_CUDA_OPTIONS` set to the ones it is about.
+`edgenet run`s with `EDGENET_CUDA_OPTIONS` set to the ones it is about. `fidelity` (after
+`bench`) runs both tools on the CPU there and compares each tool's GPU output with its own.
 """
 
 from __future__ import annotations
@@ -453,6 +454,46 @@ def probe(out: Path, budget_s: float) -> None:
     (out / "probe_runs.json").write_text(json.dumps(rows, indent=1))
 
 
+def fidelity(out: Path, budget_s: float) -> None:
+    """After `bench`: which side moves on the GPU. Both tools run the 14 images on the CPU and
+    each tool's GPU output from `bench`'s TF32-off comparison is compared with its own CPU
+    output (and the two CPU outputs with each other), with the same rules as the README's."""
+    t_end = time.monotonic() + budget_s
+    _wait_for_build(out, t_end, 60)
+    env = _device_env(ROOT / "repo")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from compare_reference import compare_predictions
+
+    work, cmp14 = ROOT / "work", ROOT / "work" / "cmp14"
+    instances = cmp14 / "instances.json"
+    if not (cmp14 / "reference.json").is_file() or not (cmp14 / "edgenet_fp32.json").is_file():
+        raise SystemExit("no TF32-off GPU outputs: run `bench` first")
+    ref_cpu, ours_cpu = work / "fid_reference_cpu.json", work / "fid_edgenet_cpu.json"
+    for path in (ref_cpu, ours_cpu):
+        path.unlink(missing_ok=True)  # both tools resume from an existing file
+    _sh([sys.executable, "-m", "edgenet.cli", "run", "--model", str(work / f"pack_{SIZE}"),
+         "--instances-json", str(instances), "--predictions-json", str(ours_cpu),
+         "--precision", "fp32", "--device", "cpu", "--quiet"], env,
+        max(30, (t_end - time.monotonic()) * 0.4))
+    _sh([sys.executable, "-m", "speciesnet.scripts.run_model", "--model",
+         str(work / f"synth_{SIZE}"), "--instances_json", str(instances), "--predictions_json",
+         str(ref_cpu), "--bypass_prompts"], {**env, "CUDA_VISIBLE_DEVICES": ""},
+        max(30, t_end - time.monotonic() - 10))
+    pairs = {"speciesnet GPU (TF32 off) vs speciesnet CPU": (cmp14 / "reference.json", ref_cpu),
+             "edgenet GPU (TF32 off) vs edgenet CPU": (cmp14 / "edgenet_fp32.json", ours_cpu),
+             "speciesnet CPU vs edgenet CPU": (ref_cpu, ours_cpu)}
+    report = {}
+    for label, (a, b) in pairs.items():
+        if not (a.is_file() and b.is_file()):
+            report[label] = {"error": "missing output"}
+            continue
+        cmp = compare_predictions(json.loads(a.read_text()), json.loads(b.read_text()))
+        report[label] = {"mismatched_images": cmp["mismatched_images"], "images": cmp["images"],
+                         "problems": cmp["problems"][:40]}
+        _log(f"{label}: {cmp['mismatched_images']}/{cmp['images']} images differ")
+    (out / "fidelity_gpu_cpu.json").write_text(json.dumps(report, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -466,6 +507,8 @@ def main() -> None:
     pb.add_argument("--budget-s", type=float, default=540)
     pq = sub.add_parser("probe")
     pq.add_argument("--budget-s", type=float, default=300)
+    pf = sub.add_parser("fidelity")
+    pf.add_argument("--budget-s", type=float, default=150)
     a = p.parse_args()
     if a.cmd == "payload":
         payload(a.ort_wheel, a.synth)
@@ -476,7 +519,7 @@ def main() -> None:
     else:
         out = Path(os.environ.get("OUT", ROOT / "out"))
         out.mkdir(parents=True, exist_ok=True)
-        (bench if a.cmd == "bench" else probe)(out, a.budget_s)
+        {"bench": bench, "probe": probe, "fidelity": fidelity}[a.cmd](out, a.budget_s)
 
 
 if __name__ == "__main__":
