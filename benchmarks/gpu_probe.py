@@ -64,11 +64,68 @@ def timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
 def input_array(sess: ort.InferenceSession, batch: int) -> np.ndarray:
     """A random input of the model's shape at BATCH (the detector at 960 x 1280)."""
     inp = sess.get_inputs()[0]
+    rng = np.random.default_rng(0)
+    if "uint8" in inp.type:  # a `uint8_input_model`: letterboxed pixels, NHWC
+        return rng.integers(0, 256, (batch, 960, 1280, 3), dtype=np.uint8)
     dims = [batch, *inp.shape[1:]]
     if not all(isinstance(d, int) for d in dims[1:]):
         dims = [batch, 3, 960, 1280]  # the detector: height and width are dynamic
     dtype = np.float16 if "float16" in inp.type else np.float32
-    return np.random.default_rng(0).random(dims, dtype=np.float32).astype(dtype)
+    return rng.random(dims, dtype=np.float32).astype(dtype)
+
+
+def _to_unit_float_nodes(src: str, dst: str) -> list[Any]:
+    """uint8 NHWC SRC -> float32 NCHW DST in [0, 1]: what `detector.to_tensor` does on the
+    CPU, as graph nodes (Cast, Div by the initializer `{dst}_255`, Transpose)."""
+    from onnx import TensorProto, helper
+
+    return [helper.make_node("Cast", [src], [f"{dst}_f"], to=TensorProto.FLOAT),
+            helper.make_node("Div", [f"{dst}_f", f"{dst}_255"], [f"{dst}_nhwc"]),
+            helper.make_node("Transpose", [f"{dst}_nhwc"], [dst], perm=[0, 3, 1, 2])]
+
+
+def uint8_input_model(src: Path, dst: Path) -> Path:
+    """SRC with its float NCHW input replaced by uint8 NHWC pixels converted inside the graph:
+    what feeding the GPU uint8 would cost (a quarter of the bytes to copy, no CPU tensor
+    build). Needs `onnx` (the device image has it; edgenet's runtime does not)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    old = graph.input[0]
+    graph.input.remove(old)
+    graph.input.insert(0, helper.make_tensor_value_info(
+        f"{old.name}_uint8", TensorProto.UINT8, ["batch", "height", "width", 3]))
+    graph.initializer.append(
+        numpy_helper.from_array(np.array(255.0, np.float32), f"{old.name}_255"))
+    for node in reversed(_to_unit_float_nodes(f"{old.name}_uint8", old.name)):
+        graph.node.insert(0, node)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def division_exactness(cuda: bool) -> dict[str, Any]:
+    """Are the in-graph Cast/Div/Transpose bit-equal to `detector.to_tensor` for all 256
+    pixel values on this provider? (They must be before the pipeline may use them.)"""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgenet.detector import to_tensor
+
+    graph = helper.make_graph(
+        _to_unit_float_nodes("pixels", "tensor"), "to_unit_float",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 16, 16, 3])],
+        [helper.make_tensor_value_info("tensor", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [numpy_helper.from_array(np.array(255.0, np.float32), "tensor_255")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else None
+    sess = ort.InferenceSession(model.SerializeToString(), providers=providers)
+    img = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+    ours = sess.run(None, {"pixels": img[None]})[0]
+    want = to_tensor([img])
+    bad = int(np.count_nonzero(ours.view(np.uint32) != want.view(np.uint32)))
+    return {"step": "in-graph uint8 -> float", "provider": sess.get_providers()[0],
+            "values_differing_from_to_tensor": bad}
 
 
 def probe_model(path: Path, batch: int, variant: str, cuda: bool,
@@ -123,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="models whose file name contains this")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--uint8-detector", action="store_true",
+                   help="also time each detector with uint8 NHWC input converted in the graph "
+                        "(needs onnx), after checking that conversion is bit-exact")
     a = p.parse_args(argv)
 
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -134,22 +194,39 @@ def main(argv: list[str] | None = None) -> int:
     models = sorted(m for m in a.pack.glob("*.onnx") if a.only in m.name)
     print(f"onnxruntime {ort.__version__}, {'CUDA' if cuda else 'CPU only'}; "
           "times in ms: min/median (first run)", flush=True)
-    rows = []
+    exact: dict[str, Any] = {}
+    if a.uint8_detector:
+        import tempfile
+
+        exact = division_exactness(cuda)
+        print(f"{exact['step']} on {exact['provider']}: "
+              f"{exact['values_differing_from_to_tensor']} of 256 values differ", flush=True)
+        tmp = Path(tempfile.mkdtemp(prefix="gpu_probe_"))
+        models += [uint8_input_model(m, tmp / m.name.replace(".onnx", ".uint8in.onnx"))
+                   for m in models if m.name.startswith("md_")]
+    rows: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = []
+
+    def save() -> None:  # after every row: a probe cut short by its time limit keeps the rest
+        if a.json:
+            a.json.write_text(json.dumps({"onnxruntime": ort.__version__, "cuda": cuda,
+                                          "models": rows, "cpu_steps": steps,
+                                          "uint8_conversion": exact}, indent=1))
+
     for model in models:
         for batch in batches:
             for variant in variants:
                 row = probe_model(model, batch, variant, cuda, a.repeats)
                 rows.append(row)
+                save()
                 print(f"{model.name} b{batch} {variant}: " + (row["error"] if "error" in row
                       else f"load {row['load_s']:.1f} s; numpy io {_fmt(row.get('numpy_io'))}; "
                       f"device io {_fmt(row.get('device_io'))}; "
                       f"H2D {_fmt(row.get('h2d_input'))}"), flush=True)
-    steps = [probe_to_tensor(b, a.repeats) for b in batches]
-    for s in steps:
-        print(f"{s['step']} b{s['batch']}: {_fmt(s)}", flush=True)
-    if a.json:
-        a.json.write_text(json.dumps({"onnxruntime": ort.__version__, "cuda": cuda,
-                                      "models": rows, "cpu_steps": steps}, indent=1))
+    steps += [probe_to_tensor(b, a.repeats) for b in batches]
+    for step in steps:
+        print(f"{step['step']} b{step['batch']}: {_fmt(step)}", flush=True)
+    save()
     return 0
 
 

@@ -620,3 +620,27 @@ def test_stack_summary_attributes_samples_to_threads_and_places() -> None:
     assert "75.0%  run_with_iobinding (providers.py)  ->  run (session.py)" in text
     flat = stack_summary.summarize("main (edgenet/cli.py:1);wait (threading.py:3) 7")
     assert flat["(all threads)"]["places"][("main (cli.py)", "wait (threading.py)")] == 7
+
+
+def test_gpu_probe_uint8_input_model_matches_the_float_path(tiny_pack: Path,
+                                                            tmp_path: Path) -> None:
+    """The probe's uint8-input detector gives the same output as the float model fed
+    `detector.to_tensor`, and its in-graph conversion is bit-exact on this provider."""
+    import gpu_probe
+    import onnxruntime as ort
+
+    from edgenet.detector import to_tensor
+
+    assert gpu_probe.division_exactness(cuda=False)["values_differing_from_to_tensor"] == 0
+    u8 = gpu_probe.uint8_input_model(tiny_pack / "det.onnx", tmp_path / "det.uint8in.onnx")
+    rng = np.random.default_rng(5)
+    imgs = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(2)]
+    float_sess = ort.InferenceSession(str(tiny_pack / "det.onnx"),
+                                      providers=["CPUExecutionProvider"])
+    u8_sess = ort.InferenceSession(str(u8), providers=["CPUExecutionProvider"])
+    assert u8_sess.get_inputs()[0].type == "tensor(uint8)"
+    want = float_sess.run(None, {"images": to_tensor(imgs)})[0]
+    got = u8_sess.run(None, {u8_sess.get_inputs()[0].name: np.stack(imgs)})[0]
+    np.testing.assert_array_equal(got, want)
+    x = gpu_probe.input_array(u8_sess, 3)
+    assert x.dtype == np.uint8 and x.shape == (3, 960, 1280, 3)
