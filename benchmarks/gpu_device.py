@@ -381,14 +381,16 @@ def bench(out: Path, budget_s: float) -> None:
     # images/s after start-up. Each tool at its defaults: TF32 convolutions on both sides.
     _sh([*common, "--work", str(work / "cmpbig"), "--images", str(big)], env,
         max(60, t_end - time.monotonic() - 150))
-    _collect(work / "cmpbig", ("compare.md", "compare.json"), out, "compare_big")
+    # $OUT brings back 8 files at most: the tables' JSON (render_table rebuilds the Markdown),
+    # bench's three outputs, build.log and the caller's log.
+    _collect(work / "cmpbig", ("compare.json",), out, "compare_big")
     # 2. Fidelity: the 14 images with TF32 off in cuBLAS and cuDNN for BOTH tools
     # (NVIDIA_TF32_OVERRIDE=0), so each computes in fp32 as on the CPU; entry 7 found 11/14
     # images differing with TF32 on.
     if t_end - time.monotonic() > 70:
         _sh([*common, "--work", str(work / "cmp14"), "--images", str(small), "--no-cold"],
             {**env, "NVIDIA_TF32_OVERRIDE": "0"}, max(60, t_end - time.monotonic() - 40))
-        _collect(work / "cmp14", ("compare.md", "compare.json"), out, "compare14_notf32")
+        _collect(work / "cmp14", ("compare.json",), out, "compare14_notf32")
     # 3. Per-stage times on the big set (each cell a fresh process).
     if t_end - time.monotonic() > 45:
         _sh([sys.executable, "-m", "edgenet.cli", "bench", "--model", str(pack), "--images",
@@ -396,9 +398,10 @@ def bench(out: Path, budget_s: float) -> None:
              "--out", str(work / "bench"), "--no-peak", "--quiet"], env,
             max(30, t_end - time.monotonic() - 10))
         _collect(work / "bench", ("bench.md", "bench.json", "bench.png"), out, "bench")
-    for name in ("compare_big.md", "compare14_notf32.md", "bench.md"):
-        if (out / name).is_file():
-            print(f"\n== {name}\n" + (out / name).read_text(), flush=True)
+    for table in (work / "cmpbig" / "compare.md", work / "cmp14" / "compare.md",
+                  work / "bench" / "bench.md"):
+        if table.is_file():
+            print(f"\n== {table.parent.name}/{table.name}\n" + table.read_text(), flush=True)
 
 
 def probe(out: Path, budget_s: float) -> None:
