@@ -436,7 +436,7 @@ def probe(out: Path, budget_s: float) -> None:
             print(f"== py-spy {mode}\n" + render(summarize(raw.read_text()), 8), flush=True)
     # 2. Each model alone under CUDA option variants.
     _sh([sys.executable, str(REPO / "benchmarks" / "gpu_probe.py"), str(pack), "--batches",
-         "8", "--variants", "default,nhwc,exhaustive,graph", "--uint8-detector", "--json",
+         "8", "--variants", "default,nhwc,no_search,exhaustive,graph", "--uint8-detector", "--json",
          str(out / "probe.json")],
         env, max(30, (t_end - time.monotonic()) * 0.5))
     # 3. Whole runs with the option sets the probe is about.

@@ -41,6 +41,9 @@ import onnxruntime as ort  # noqa: E402
 VARIANTS: dict[str, dict[str, str]] = {
     "default": {},  # edgenet's: HEURISTIC (providers._provider_entry)
     "exhaustive": {"cudnn_conv_algo_search": "EXHAUSTIVE"},
+    # no search at all: the fp16 classifier's first batch spent ~9.5 s in HEURISTIC's warm-up
+    # on the H100 (NOTES.md entry 9); is the steady state worse without it?
+    "no_search": {"cudnn_conv_algo_search": "DEFAULT"},
     "nhwc": {"prefer_nhwc": "1"},
     "nhwc_exhaustive": {"prefer_nhwc": "1", "cudnn_conv_algo_search": "EXHAUSTIVE"},
     "tf32_off": {"use_tf32": "0"},
