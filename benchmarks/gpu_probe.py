@@ -216,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                                           "models": rows, "cpu_steps": steps,
                                           "uint8_conversion": exact}, indent=1))
 
-    for model in models:
-        for batch in batches:
-            for variant in variants:
+    for variant in variants:  # variant-major: a probe cut short still has every model's default
+        for model in models:
+            for batch in batches:
                 row = probe_model(model, batch, variant, cuda, a.repeats)
                 rows.append(row)
                 save()
