@@ -413,7 +413,7 @@ def probe(out: Path, budget_s: float) -> None:
     env = _device_env(REPO)  # this call's checkout: fixes sent after the build count
     pack = ROOT / "work" / f"pack_{SIZE}"
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from compare_reference import make_instances
+    from compare_reference import compare_predictions, make_instances
     from stack_summary import render, summarize
 
     big = _big_set(ROOT / "shared" / "images" / "speciesnet_test_data")
@@ -439,22 +439,31 @@ def probe(out: Path, budget_s: float) -> None:
          "8", "--variants", "default,nhwc,no_search,exhaustive,graph", "--uint8-detector", "--json",
          str(out / "probe.json")],
         env, max(30, (t_end - time.monotonic()) * 0.5))
-    # 3. Whole runs with the option sets the probe is about.
+    # 3. Whole runs with the option sets the probe is about, most wanted first; each one's
+    # predictions are compared with the default run's of the same precision.
+    runs = [("default", {}, "fp32"), ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp32"),
+            ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp32"),
+            ("default", {}, "fp16"), ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp16"),
+            ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp16")]
     rows = []
-    for label, options in (("default", ""), ("prefer_nhwc", "prefer_nhwc=1")):
-        for prec in ("fp32", "fp16"):
-            if t_end - time.monotonic() < 45:
-                break
-            preds = ROOT / "work" / f"probe_{label}_{prec}.json"
-            preds.unlink(missing_ok=True)  # a run resumes from an existing file
-            t0 = time.monotonic()
-            rc = _sh([sys.executable, "-m", "edgenet.cli", "run", "--model", str(pack),
-                      "--instances-json", str(instances), "--predictions-json", str(preds),
-                      "--precision", prec, "--device", DEVICE, "--quiet"],
-                     {**env, "EDGENET_CUDA_OPTIONS": options}, t_end - time.monotonic() - 10)
-            rows.append({"options": options or "(edgenet's)", "precision": prec, "rc": rc,
-                         "wall_s": round(time.monotonic() - t0, 2), "images": n_images})
-            _log(f"edgenet run {prec} EDGENET_CUDA_OPTIONS={options!r}: {rows[-1]}")
+    for label, extra_env, prec in runs:
+        if t_end - time.monotonic() < 45:
+            break
+        preds = ROOT / "work" / f"probe_{label}_{prec}.json"
+        preds.unlink(missing_ok=True)  # a run resumes from an existing file
+        t0 = time.monotonic()
+        rc = _sh([sys.executable, "-m", "edgenet.cli", "run", "--model", str(pack),
+                  "--instances-json", str(instances), "--predictions-json", str(preds),
+                  "--precision", prec, "--device", DEVICE, "--quiet"],
+                 {**env, **extra_env}, t_end - time.monotonic() - 10)
+        row = {"run": label, "env": extra_env, "precision": prec, "rc": rc,
+               "wall_s": round(time.monotonic() - t0, 2), "images": n_images}
+        base = ROOT / "work" / f"probe_default_{prec}.json"
+        if label != "default" and preds.is_file() and base.is_file():
+            cmp = compare_predictions(json.loads(base.read_text()), json.loads(preds.read_text()))
+            row["images_differing_from_default"] = cmp["mismatched_images"]
+        rows.append(row)
+        _log(f"edgenet run: {row}")
     (out / "probe_runs.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -36,10 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edgenet.errors import EdgenetError, InputError
-from edgenet.onnx_writer import field_bytes as _field_bytes
-from edgenet.onnx_writer import field_varint as _field_varint
-from edgenet.onnx_writer import tensor as _onnx_tensor
-from edgenet.onnx_writer import value_info as _value_info
+from edgenet.onnx_writer import FLOAT, attr_ints, model, node, tensor, value_info
 from edgenet.run_defaults import cpu_flags
 
 if TYPE_CHECKING:  # numpy is imported where used: `edgenet --help` should not pay for it
@@ -83,47 +80,22 @@ def matmul_model_bytes(n: int, kind: str = "fp32", constant_b: np.ndarray | None
         op, ta, tb, tc = "MatMulInteger", 2, 3, 6  # uint8 x int8 -> int32
     else:
         raise ValueError(f"unknown matmul kind {kind!r}")
-    node = _field_bytes(1, "A") + _field_bytes(1, "B") + _field_bytes(2, "C") + _field_bytes(
-        4, op
-    )
-    graph = _field_bytes(1, node) + _field_bytes(2, "peak")
-    if constant_b is not None:
-        graph += _field_bytes(5, _onnx_tensor("B", constant_b, tb))
-    graph += _field_bytes(11, _value_info("A", ta, (n, n)))
+    inputs = [value_info("A", ta, (n, n))]
     if constant_b is None:
-        graph += _field_bytes(11, _value_info("B", tb, (n, n)))
-    graph += _field_bytes(12, _value_info("C", tc, (n, n)))
-    opset = _field_bytes(1, "") + _field_varint(2, 13)
-    return (
-        _field_varint(1, 7)  # ir_version
-        + _field_bytes(2, "edgenet-bench")
-        + _field_bytes(7, graph)
-        + _field_bytes(8, opset)
-    )
+        inputs.append(value_info("B", tb, (n, n)))
+    return model([node(op, ["A", "B"], ["C"])], "peak", inputs, [value_info("C", tc, (n, n))],
+                 [] if constant_b is None else [tensor("B", constant_b, tb)])
 
 
 def conv_model_bytes(weights: np.ndarray, h: int, w: int) -> bytes:
     """Serialized ONNX model: a 3x3, pad 1 fp32 Conv of X (1, C, h, w) with constant
     `weights` (C, C, 3, 3), the layer shape that dominates YOLOv5 and EfficientNet."""
-
-    def ints_attr(name: str, values: Sequence[int]) -> bytes:
-        # AttributeProto: name (1), ints (8), type (20) = INTS (7)
-        return (_field_bytes(1, name) + b"".join(_field_varint(8, v) for v in values)
-                + _field_varint(20, 7))
-
     c = weights.shape[0]
-    node = (_field_bytes(1, "X") + _field_bytes(1, "W") + _field_bytes(2, "Y")
-            + _field_bytes(4, "Conv")
-            + _field_bytes(5, ints_attr("kernel_shape", [3, 3]))
-            + _field_bytes(5, ints_attr("pads", [1, 1, 1, 1])))
-    graph = (
-        _field_bytes(1, node) + _field_bytes(2, "peak_conv")
-        + _field_bytes(5, _onnx_tensor("W", weights.astype("float32"), 1))
-        + _field_bytes(11, _value_info("X", 1, (1, c, h, w)))
-        + _field_bytes(12, _value_info("Y", 1, (1, c, h, w)))
-    )
-    opset = _field_bytes(1, "") + _field_varint(2, 13)
-    return _field_varint(1, 7) + _field_bytes(7, graph) + _field_bytes(8, opset)
+    conv = node("Conv", ["X", "W"], ["Y"], attr_ints("kernel_shape", [3, 3]),
+                attr_ints("pads", [1, 1, 1, 1]))
+    return model([conv], "peak_conv", [value_info("X", FLOAT, (1, c, h, w))],
+                 [value_info("Y", FLOAT, (1, c, h, w))],
+                 [tensor("W", weights.astype("float32"), FLOAT)])
 
 
 def measure_matmul_peak(

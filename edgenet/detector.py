@@ -22,7 +22,7 @@ from edgenet import constants
 from edgenet.constants import CATEGORY_TO_LABEL
 from edgenet.errors import PackError
 from edgenet.nms import md_bboxes_from_nms, non_max_suppression
-from edgenet.providers import make_session, run_rows
+from edgenet.providers import make_session, run_chain_rows, run_rows, session_like
 
 # float32(x / 255) computed in double first, as the reference does (`arr / 255` on a uint8
 # array is float64; `.float()` rounds afterwards). A table is exact and faster than division.
@@ -81,8 +81,8 @@ def letterbox(
     return cv2.copyMakeBorder(arr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=value)
 
 
-def to_tensor(letterboxed: Sequence[np.ndarray]) -> np.ndarray:
-    """Equal-shaped letterboxed HWC uint8 images -> NCHW float32 in [0, 1], as the reference."""
+def _checked_images(letterboxed: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The images as arrays, all H x W x 3 uint8 of one shape, or a ValueError."""
     if len(letterboxed) == 0:
         raise ValueError("to_tensor needs at least one image")
     arrays = [np.asarray(a) for a in letterboxed]
@@ -92,7 +92,52 @@ def to_tensor(letterboxed: Sequence[np.ndarray]) -> np.ndarray:
     for a in arrays[1:]:
         if a.dtype != np.uint8 or a.shape != first.shape:
             raise ValueError(f"images differ in shape or type: {first.shape} vs {a.shape}")
-    h, w, _ = first.shape
+    return arrays
+
+
+def stack_pixels(letterboxed: Sequence[np.ndarray]) -> np.ndarray:
+    """Equal-shaped letterboxed HWC uint8 images -> one NHWC uint8 batch: the detector's
+    input when it converts pixels itself (`unit_float_model_bytes`)."""
+    return np.stack(_checked_images(letterboxed))
+
+
+def unit_float_model_bytes(float16: bool = False) -> bytes:
+    """`to_tensor` as an ONNX graph: uint8 NHWC `pixels` -> NCHW `tensor` = float32(x) / 255
+    (then float16 for a detector that takes float16, as `astype` would round it).
+
+    Why: on a GPU the pipeline's tensor build (57 ms per batch of 8 on the H100 machine's CPU)
+    and a float32 host->device copy 4x the size of the pixels were measured in front of every
+    detector run (benchmarks/NOTES.md entry 9); a session running this graph on the device
+    removes both. float32 division is correctly rounded on the CPU provider, so the result is
+    bit-equal to `to_tensor` there (tests); `benchmarks/gpu_probe.py` checks the same on CUDA.
+    """
+    from edgenet.onnx_writer import (
+        FLOAT,
+        FLOAT16,
+        UINT8,
+        attr_int,
+        attr_ints,
+        model,
+        node,
+        tensor,
+        value_info,
+    )
+
+    out = "nchw" if float16 else "tensor"
+    nodes = [node("Cast", ["pixels"], ["as_float"], attr_int("to", FLOAT)),
+             node("Div", ["as_float", "d255"], ["scaled"]),
+             node("Transpose", ["scaled"], [out], attr_ints("perm", [0, 3, 1, 2]))]
+    if float16:
+        nodes.append(node("Cast", [out], ["tensor"], attr_int("to", FLOAT16)))
+    return model(nodes, "to_unit_float", [value_info("pixels", UINT8, ["n", "h", "w", 3])],
+                 [value_info("tensor", FLOAT16 if float16 else FLOAT, ["n", 3, "h", "w"])],
+                 [tensor("d255", np.array(255, np.float32), FLOAT)])
+
+
+def to_tensor(letterboxed: Sequence[np.ndarray]) -> np.ndarray:
+    """Equal-shaped letterboxed HWC uint8 images -> NCHW float32 in [0, 1], as the reference."""
+    arrays = _checked_images(letterboxed)
+    h, w, _ = arrays[0].shape
     out = np.empty((len(arrays), 3, h, w), dtype=np.float32)
     for i, a in enumerate(arrays):
         # float32 division of the integer values is correctly rounded, hence bit-equal to the
@@ -174,6 +219,10 @@ class DetectorModel:
         # Images per session run, padded (set by the pipeline on GPU providers, see
         # `edgenet.providers.SHAPE_SENSITIVE_PROVIDERS`). None: whatever arrives.
         self.fixed_batch: int | None = None
+        # uint8 pixels in, converted by a second session on the same provider (set by the
+        # pipeline: `EDGENET_DEVICE_PIXELS=1`; `unit_float_model_bytes` says why).
+        self.device_pixels = False
+        self._pixels_session: Any | None = None
         if inputs[0].type == "tensor(float16)":
             self.input_dtype: type[np.floating] = np.float16
         elif inputs[0].type == "tensor(float)":
@@ -192,18 +241,31 @@ class DetectorModel:
             img = img.convert("RGB")
         return letterbox(np.asarray(img))
 
-    @staticmethod
-    def to_tensor(letterboxed: Sequence[np.ndarray]) -> np.ndarray:
-        """Equal-shaped letterboxed images -> NCHW float32 batch (see module `to_tensor`)."""
-        return to_tensor(letterboxed)
+    def to_tensor(self, letterboxed: Sequence[np.ndarray]) -> np.ndarray:
+        """Equal-shaped letterboxed images -> the model's input batch: NCHW float32 (module
+        `to_tensor`), or NHWC uint8 pixels when `device_pixels` is set."""
+        return stack_pixels(letterboxed) if self.device_pixels else to_tensor(letterboxed)
 
-    def infer(self, nchw: np.ndarray) -> np.ndarray:
-        """Raw predictions (N, rows, 5 + classes) as float32 for an NCHW batch."""
-        batch = np.asarray(nchw)
-        if batch.dtype != self.input_dtype:
-            batch = batch.astype(self.input_dtype)
-        raw = run_rows(self.session, self.input_name, self.output_name, batch, self.fixed_batch)
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Raw predictions (N, rows, 5 + classes) as float32 for an NCHW float batch or, from
+        `to_tensor` with `device_pixels`, an NHWC uint8 one."""
+        batch = np.asarray(batch)
+        if batch.dtype == np.uint8:
+            raw = run_chain_rows(self._pixels(), self.session, "pixels", "tensor",
+                                 self.input_name, self.output_name, batch, self.fixed_batch)
+        else:
+            if batch.dtype != self.input_dtype:
+                batch = batch.astype(self.input_dtype)
+            raw = run_rows(self.session, self.input_name, self.output_name, batch,
+                           self.fixed_batch)
         return raw if raw.dtype == np.float32 else raw.astype(np.float32)
+
+    def _pixels(self) -> Any:
+        """The pixel-conversion session, on the detector session's providers (built once)."""
+        if self._pixels_session is None:
+            self._pixels_session = session_like(
+                self.session, unit_float_model_bytes(self.input_dtype == np.float16))
+        return self._pixels_session
 
     @staticmethod
     def postprocess(

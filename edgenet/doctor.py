@@ -15,33 +15,17 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from edgenet.onnx_writer import FLOAT, value_info
-from edgenet.onnx_writer import field_bytes as _field_bytes
-from edgenet.onnx_writer import field_varint as _field_varint
-
-
-def _value_info(name: str, dims: Sequence[int]) -> bytes:
-    return value_info(name, FLOAT, dims)
+from edgenet.onnx_writer import FLOAT, model, node, value_info
 
 
 def tiny_model_bytes(n: int = 64) -> bytes:
     """An ONNX model (opset 13) computing C = A @ B for float32 (n, n) inputs."""
-    node = _field_bytes(1, "A") + _field_bytes(1, "B") + _field_bytes(2, "C")
-    node += _field_bytes(4, "MatMul")
-    graph = (
-        _field_bytes(1, node)
-        + _field_bytes(2, "doctor")
-        + _field_bytes(11, _value_info("A", (n, n)))
-        + _field_bytes(11, _value_info("B", (n, n)))
-        + _field_bytes(12, _value_info("C", (n, n)))
-    )
-    opset = _field_bytes(1, "") + _field_varint(2, 13)
-    return _field_varint(1, 7) + _field_bytes(2, "edgenet-doctor") + _field_bytes(7, graph) + (
-        _field_bytes(8, opset)
-    )
+    return model([node("MatMul", ["A", "B"], ["C"])], "doctor",
+                 [value_info("A", FLOAT, (n, n)), value_info("B", FLOAT, (n, n))],
+                 [value_info("C", FLOAT, (n, n))])
 
 
 def _version(module: str, attr: str = "__version__") -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-FLOAT, UINT8, INT8, INT32 = 1, 2, 3, 6  # TensorProto.DataType values used here
+FLOAT, UINT8, INT8, INT32, FLOAT16 = 1, 2, 3, 6, 10  # TensorProto.DataType values used
 
 
 def varint(value: int) -> bytes:
@@ -39,9 +39,10 @@ def field_bytes(num: int, payload: bytes | str) -> bytes:
     return varint((num << 3) | 2) + varint(len(data)) + data
 
 
-def value_info(name: str, elem_type: int, dims: Sequence[int]) -> bytes:
-    """ValueInfoProto with a fixed tensor shape."""
-    shape = b"".join(field_bytes(1, field_varint(1, d)) for d in dims)  # Dimension.dim_value
+def value_info(name: str, elem_type: int, dims: Sequence[int | str]) -> bytes:
+    """ValueInfoProto; an int dim is fixed (dim_value), a str dim is named (dim_param)."""
+    shape = b"".join(field_bytes(1, field_varint(1, d) if isinstance(d, int) else
+                                 field_bytes(2, d)) for d in dims)  # TensorShapeProto.dim
     tensor_type = field_varint(1, elem_type) + field_bytes(2, shape)
     return field_bytes(1, name) + field_bytes(2, field_bytes(1, tensor_type))
 
@@ -53,3 +54,33 @@ def tensor(name: str, arr: np.ndarray, elem_type: int) -> bytes:
     dims = b"".join(field_varint(1, d) for d in arr.shape)
     raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
     return dims + field_varint(2, elem_type) + field_bytes(8, name) + field_bytes(9, raw)
+
+
+def attr_int(name: str, value: int) -> bytes:
+    """AttributeProto: name (1), i (3), type (20) = INT (2)."""
+    return field_bytes(1, name) + field_varint(3, value) + field_varint(20, 2)
+
+
+def attr_ints(name: str, values: Sequence[int]) -> bytes:
+    """AttributeProto: name (1), ints (8), type (20) = INTS (7)."""
+    return field_bytes(1, name) + b"".join(field_varint(8, v) for v in values) + field_varint(20, 7)
+
+
+def node(op: str, inputs: Sequence[str], outputs: Sequence[str], *attrs: bytes) -> bytes:
+    """NodeProto: input (1), output (2), op_type (4), attribute (5)."""
+    return (b"".join(field_bytes(1, i) for i in inputs)
+            + b"".join(field_bytes(2, o) for o in outputs)
+            + field_bytes(4, op) + b"".join(field_bytes(5, a) for a in attrs))
+
+
+def model(nodes: Sequence[bytes], name: str, inputs: Sequence[bytes], outputs: Sequence[bytes],
+          initializers: Sequence[bytes] = (), opset: int = 13) -> bytes:
+    """ModelProto (ir_version 7, default domain at OPSET) around one GraphProto: node (1),
+    name (2), initializer (5), input (11), output (12)."""
+    graph = (b"".join(field_bytes(1, n) for n in nodes) + field_bytes(2, name)
+             + b"".join(field_bytes(5, t) for t in initializers)
+             + b"".join(field_bytes(11, v) for v in inputs)
+             + b"".join(field_bytes(12, v) for v in outputs))
+    opset_id = field_bytes(1, "") + field_varint(2, opset)
+    return (field_varint(1, 7) + field_bytes(2, "edgenet") + field_bytes(7, graph)
+            + field_bytes(8, opset_id))

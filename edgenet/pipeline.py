@@ -60,6 +60,7 @@ from edgenet.run_defaults import (  # noqa: F401 - re-exported: edgenet.pipeline
     _fix_batch_shapes,
     _on_accelerator,
     _overlap_stages,
+    _set_device_pixels,
     accelerated_device,
     default_batch_size,
     default_workers,
@@ -450,6 +451,7 @@ class PipelineRun:
             )
         self.config = config
         _fix_batch_shapes(self.comps, config.batch_size)  # reused components follow this run
+        _set_device_pixels(self.comps)
         self.overlap = _overlap_stages(self.comps)
         self._ahead_streams: list[Any] = []
         self.whole_image = self.comps.whole_image

@@ -471,6 +471,57 @@ def run_rows(sess: ort.InferenceSession, input_name: str, output_name: str, x: n
     return run_fixed_batches(run, x, fixed_batch) if fixed_batch else run(x)
 
 
+def session_like(sess: ort.InferenceSession, model_bytes: bytes) -> ort.InferenceSession:
+    """A session for a small graph the runtime writes itself (MODEL_BYTES) on SESS's device
+    and thread count: its providers with only their `device_id`, TensorRT left out (an engine
+    build per input shape for a few elementwise nodes; CUDA runs them)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    threads = sess.get_session_options().intra_op_num_threads
+    if threads:
+        so.intra_op_num_threads = threads
+    opts = sess.get_provider_options()
+    providers: list[Any] = []
+    for name in sess.get_providers():
+        if name == "TensorrtExecutionProvider":
+            continue
+        device_id = opts.get(name, {}).get("device_id")
+        providers.append((name, {"device_id": device_id}) if device_id is not None else name)
+    return ort.InferenceSession(model_bytes, sess_options=so, providers=providers)
+
+
+def run_chain_rows(first: ort.InferenceSession, second: ort.InferenceSession, first_in: str,
+                   first_out: str, second_in: str, second_out: str, x: np.ndarray,
+                   fixed_batch: int | None = None) -> np.ndarray:
+    """SECOND's SECOND_OUT for FIRST's FIRST_OUT of X (fed as FIRST_IN), in runs of exactly
+    FIXED_BATCH rows when set. On CUDA/TensorRT the intermediate stays on the device (bound
+    as FIRST's output, then as SECOND's input): X crosses to the device once and only the
+    result comes back. Elsewhere: two plain runs."""
+    def run(rows: np.ndarray) -> np.ndarray:
+        if first.get_providers()[0] not in _CUDA_PROVIDERS:
+            mid = first.run([first_out], {first_in: rows})[0]
+            return second.run([second_out], {second_in: mid})[0]
+        device_id = _device_id(first)
+        x_dev = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(rows), "cuda", device_id)
+        to_mid = first.io_binding()
+        to_mid.bind_ortvalue_input(first_in, x_dev)
+        to_mid.bind_output(first_out, "cuda", device_id)
+        first.run_with_iobinding(to_mid)
+        mid = to_mid.get_outputs()[0]
+        to_out = second.io_binding()
+        to_out.bind_ortvalue_input(second_in, mid)
+        to_out.bind_output(second_out, "cuda", device_id)
+        second.run_with_iobinding(to_out)
+        return to_out.copy_outputs_to_cpu()[0]
+
+    return run_fixed_batches(run, x, fixed_batch) if fixed_batch else run(x)
+
+
+def _device_id(sess: ort.InferenceSession) -> int:
+    return int(sess.get_provider_options().get("CUDAExecutionProvider", {})
+               .get("device_id", 0) or 0)
+
+
 def run_with_iobinding(
     sess: ort.InferenceSession,
     feeds: Mapping[str, np.ndarray],
@@ -488,8 +539,7 @@ def run_with_iobinding(
     if sess.get_providers()[0] not in _CUDA_PROVIDERS:
         return sess.run(names, dict(feeds))
     binding = sess.io_binding()
-    device_id = int(sess.get_provider_options().get("CUDAExecutionProvider", {})
-                    .get("device_id", 0) or 0)
+    device_id = _device_id(sess)
     keep_alive = []  # the device copies must outlive the run
     for name, arr in feeds.items():
         value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", device_id)

@@ -28,6 +28,16 @@ def _fix_batch_shapes(comps: Any, batch_size: int) -> None:
         model.fixed_batch = batch_size if wanted else None
 
 
+def _set_device_pixels(comps: Any) -> None:
+    """`EDGENET_DEVICE_PIXELS=1`: the detector is fed uint8 pixels and converts them in
+    onnxruntime, on the device for a GPU session (`detector.unit_float_model_bytes`). Off by
+    default: its GPU effect is a prediction (benchmarks/NOTES.md entry 9) until measured, and
+    on the CPU it is no faster than `to_tensor`. Predictions are the same either way."""
+    det = comps.detector
+    if det is not None and hasattr(det, "device_pixels"):
+        det.device_pixels = os.environ.get("EDGENET_DEVICE_PIXELS", "0") == "1"
+
+
 def default_batch_size(accelerated: bool) -> int:
     """`--batch-size` when the user does not say: 8 on a GPU (fills the device; the models run
     fixed-size batches there), 1 on the CPU: measured on the full-size pack, 14 images, 2

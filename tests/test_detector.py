@@ -213,6 +213,40 @@ def test_detector_model_end_to_end(tmp_path: Path, fp16: bool) -> None:
     assert model.postprocess(batch[1], (960, 1280), 1600, 1200) == dets_bright
 
 
+@pytest.mark.parametrize("fp16", [False, True])
+def test_unit_float_graph_is_to_tensor_bit_for_bit(fp16: bool) -> None:
+    """The graph EDGENET_DEVICE_PIXELS runs (Cast, Div 255, Transpose[, Cast fp16]) gives
+    exactly `to_tensor` (then `astype(float16)`) for all 256 values, in two image shapes."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(detector.unit_float_model_bytes(fp16),
+                                providers=["CPUExecutionProvider"])
+    ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+    rng = np.random.default_rng(2)
+    for imgs in ([ramp], [rng.integers(0, 256, (8, 12, 3), dtype=np.uint8) for _ in range(3)]):
+        got = sess.run(None, {"pixels": detector.stack_pixels(imgs)})[0]
+        want = to_tensor(imgs)
+        want = want.astype(np.float16) if fp16 else want
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes()
+    with pytest.raises(ValueError, match="differ in shape"):
+        detector.stack_pixels([ramp, ramp[:8]])
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_detector_infers_the_same_from_pixels(tmp_path: Path, fp16: bool) -> None:
+    table, mask = _raw_table()
+    model = DetectorModel(_tiny_detector(tmp_path / "det.onnx", table, mask, fp16), device="cpu")
+    boxed = [model.preprocess(PIL.Image.new("RGB", (1600, 1200), c))
+             for c in ((0, 0, 0), (255, 255, 255), (90, 20, 200))]
+    want = model.infer(model.to_tensor(boxed))
+    model.device_pixels, model.fixed_batch = True, 2  # and padded to 2 rows, as on a GPU
+    pixels = model.to_tensor(boxed)
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, 960, 1280, 3)
+    got = model.infer(pixels)
+    assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+
+
 def test_detector_drops_unknown_classes(tmp_path: Path) -> None:
     # A 4-class head: class index 3 would be category "4", which speciesnet skips.
     table = np.array(

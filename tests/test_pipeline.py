@@ -101,6 +101,30 @@ def test_fixed_batch_padding_gives_the_same_json(tiny, baseline, batch_size, mon
     assert sizes and set(sizes) == {batch_size}
 
 
+@pytest.mark.parametrize(("batch_size", "overlap"), [(1, "0"), (3, "1")])
+def test_device_pixels_give_the_same_json(tiny, baseline, batch_size, overlap, monkeypatch):
+    # EDGENET_DEVICE_PIXELS=1: the detector gets uint8 batches and converts them in a second
+    # onnxruntime session (on a GPU, on the device); with padding and stage threads forced as
+    # a GPU gets them. The JSON must not change.
+    from edgenet import detector as detector_module
+    from edgenet import providers
+
+    monkeypatch.setenv("EDGENET_DEVICE_PIXELS", "1")
+    monkeypatch.setenv("EDGENET_FIXED_BATCH", "1")
+    monkeypatch.setenv("EDGENET_OVERLAP", overlap)
+    dtypes: list[str] = []
+    real = providers.run_chain_rows
+
+    def spy(first, second, *args):
+        dtypes.append(str(args[4].dtype))
+        return real(first, second, *args)
+
+    monkeypatch.setattr(detector_module, "run_chain_rows", spy)
+    preds, stats = _run(tiny, batch_size=batch_size, workers=1)
+    assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
+    assert dtypes and set(dtypes) == {"uint8"} and stats["counts"]["detector_batches"] > 0
+
+
 @pytest.mark.parametrize(("batch_size", "workers"), [(1, 0), (3, 1)])
 def test_overlapped_stages_give_the_same_json(tiny, baseline, batch_size, workers, monkeypatch):
     # What GPU providers get (overlap.py): decode results and input tensors on one thread,
