@@ -644,3 +644,17 @@ def test_gpu_probe_uint8_input_model_matches_the_float_path(tiny_pack: Path,
     np.testing.assert_array_equal(got, want)
     x = gpu_probe.input_array(u8_sess, 3)
     assert x.dtype == np.uint8 and x.shape == (3, 960, 1280, 3)
+
+
+def test_classifier_sensitivity_reports_each_perturbation(tiny_pack: Path) -> None:
+    """Rounding-sized changes move a classifier's logits far less than pixel-level noise."""
+    import classifier_sensitivity
+
+    x = np.random.default_rng(4).random((2, 480, 480, 3), dtype=np.float32)
+    res = classifier_sensitivity.sensitivity(tiny_pack / "cls.onnx", x)
+    assert len(res) == 3
+    rounding = res["optimisations off (other kernels and summation order)"]["max_logit_diff"]
+    ulp = res["each input nudged by one ulp"]["max_logit_diff"]
+    noise = res["input noise, sigma 1e-3"]["max_logit_diff"]
+    assert max(rounding, ulp) < 1e-4 < noise
+    assert all(0 <= r["top1_agreement"] <= 1 and r["logit_scale"] > 0 for r in res.values())
