@@ -7,8 +7,9 @@
 
 Why: on the H100 (NOTES.md entry 9) the detector and classifier calls took ~2x longer inside
 the pipeline than alone; per-stage timers say which stage, not what inside it waits. A raw
-profile line is `thread (TID): NAME;frame;...;frame COUNT` (without `--threads`:
-`frame;...;frame COUNT`), frames as `function (file:line)`.
+profile line is `thread (TID): NAME;frame;...;frame COUNT` (`thread (TID);frame;...` for a
+thread not yet named; without `--threads`: `frame;...;frame COUNT`), frames as
+`function (file:line)`.
 For each thread this prints its samples and, for the most frequent places, the innermost
 edgenet frame and the innermost frame of all (e.g. `_run_detector` in `run_with_iobinding`),
 as a share of that thread's samples. With `--gil` data the shares say who holds the GIL: if
@@ -23,7 +24,9 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-_LINE = re.compile(r"^(?:thread \((?P<tid>[^)]*)\): )?(?P<stack>.*) (?P<count>\d+)$")
+_LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
+# `thread (TID): NAME;frames`, or `thread (TID);frames` for a thread not yet named
+_THREAD = re.compile(r"^thread \((?P<tid>[^)]*)\)(?:: (?P<name>[^;]*))?;?(?P<rest>.*)$")
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?):(?P<line>\d+)\)$")
 
 
@@ -46,10 +49,12 @@ def summarize(text: str) -> dict[str, dict]:
         if not m:
             continue
         count = int(m["count"])
-        if m["tid"] is None:  # recorded without --threads: one bucket for every thread
-            name, frames = "(all threads)", m["stack"].split(";")
+        t = _THREAD.match(m["stack"])
+        if t is None:  # recorded without --threads: one bucket for every thread
+            name, rest = "(all threads)", m["stack"]
         else:
-            name, *frames = m["stack"].split(";")
+            name, rest = t["name"] or f"thread {t['tid']} (unnamed)", t["rest"]
+        frames = [f for f in rest.split(";") if f]
         entry = threads[name]
         entry["samples"] += count
         labels = [_frame_label(f) for f in frames]

@@ -15,10 +15,11 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgenet.errors import warn
+from edgenet.result_transfer import make_transfer_dir, remove_transfer_dir, spill, unspill
 
 
 @dataclass
@@ -29,6 +30,7 @@ class DecodeJob:
     letterbox: bool = False
     keep_image: bool = False
     crops: Any = None  # None, "full_image", or a list of normalised [x, y, w, h] boxes
+    transfer_dir: str | None = None  # set by the executor: arrays come back by file there
 
 
 @dataclass
@@ -45,6 +47,7 @@ class DecodeResult:
     crops: Any = None
     crop_error: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    spill: Any = None  # (path, bytes, layout) while the arrays are in a file (result_transfer)
 
 
 def _worker_init() -> None:
@@ -117,8 +120,16 @@ def run_decode_job(job: DecodeJob) -> DecodeResult:
 
     A decode failure is reported in `error` (the detector and, for whole images, the
     classifier then fail for this image, as in the reference); a crop failure only in
-    `crop_error` (the classifier fails for this image).
+    `crop_error` (the classifier fails for this image). With `job.transfer_dir` (in a worker)
+    the arrays are written there and the result carries their file (`result_transfer`).
     """
+    result = _decode(job)
+    if job.transfer_dir:
+        spill(result, job.transfer_dir)
+    return result
+
+
+def _decode(job: DecodeJob) -> DecodeResult:
     from edgenet.images import load_rgb_image
 
     result = DecodeResult(filepath=job.filepath)
@@ -171,8 +182,14 @@ class DecodeExecutor:
         self.restarts = 0
         self.inline_fallback = False  # workers could not start at all: decode in-process
         self._start_checked = False
+        self.transfer_dir: str | None = None  # results' arrays by file, not pipe (if usable)
         if self.workers > 0:
             self._pool = self._new_pool()
+            self.transfer_dir = make_transfer_dir()
+
+    def _pooled(self, job: DecodeJob) -> DecodeJob:
+        """JOB as a worker gets it: told where to write its arrays."""
+        return replace(job, transfer_dir=self.transfer_dir) if self.transfer_dir else job
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(
@@ -196,11 +213,11 @@ class DecodeExecutor:
             return None, future
         pool = self._pool
         try:
-            return pool, pool.submit(run_decode_job, job)
+            return pool, pool.submit(run_decode_job, self._pooled(job))
         except cf.process.BrokenProcessPool:
             self._restart(pool)
             pool = self._pool
-            return pool, pool.submit(run_decode_job, job)  # type: ignore[union-attr]
+            return pool, pool.submit(run_decode_job, self._pooled(job))  # type: ignore[union-attr]
 
     def _workers_start(self) -> bool:
         """Whether a fresh pool's worker can start and run a job that touches no image."""
@@ -233,7 +250,7 @@ class DecodeExecutor:
         pool, future = submitted
         for attempt in range(2):
             try:
-                return future.result()
+                return unspill(future.result())
             except cf.process.BrokenProcessPool as err:
                 self._restart(pool)
                 self._check_start(err)
@@ -244,7 +261,7 @@ class DecodeExecutor:
                         filepath=job.filepath, error=f"decode worker crashed ({err})"
                     )
                 warn(f"{job.filepath}: a decode worker died; retrying in a new worker")
-                pool, future = self._pool, self._pool.submit(run_decode_job, job)
+                pool, future = self._pool, self._pool.submit(run_decode_job, self._pooled(job))
             except Exception as err:  # noqa: BLE001 - e.g. a result that cannot be pickled
                 return DecodeResult(filepath=job.filepath, error=f"{type(err).__name__}: {err}")
         raise AssertionError("unreachable")
@@ -259,3 +276,5 @@ class DecodeExecutor:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=cancel)
             self._pool = None
+        remove_transfer_dir(self.transfer_dir)  # with the files of results nobody collected
+        self.transfer_dir = None

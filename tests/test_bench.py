@@ -620,6 +620,8 @@ def test_stack_summary_attributes_samples_to_threads_and_places() -> None:
     assert "75.0%  run_with_iobinding (providers.py)  ->  run (session.py)" in text
     flat = stack_summary.summarize("main (edgenet/cli.py:1);wait (threading.py:3) 7")
     assert flat["(all threads)"]["places"][("main (cli.py)", "wait (threading.py)")] == 7
+    early = stack_summary.summarize("thread (42);<module> (edgenet/cli.py:5) 3")
+    assert early["thread 42 (unnamed)"]["places"][("<module> (cli.py)", "<module> (cli.py)")] == 3
 
 
 def test_gpu_probe_uint8_input_model_matches_the_float_path(tiny_pack: Path,

@@ -79,6 +79,15 @@ def test_sigkill_leaves_no_orphan_workers(pack, tmp_path) -> None:
         gone = kill_resume._wait_group_gone(proc.pid, kill_resume.ORPHAN_WAIT_S)
         assert gone, "decode workers outlived their SIGKILLed parent"
         json.loads(out.read_text(encoding="utf-8"))  # and the checkpoint is complete JSON
+        # Its decode-result folder in /dev/shm (if it used one) is left behind, and removed by
+        # the next run that makes one (`result_transfer.prune_stale`).
+        from edgenet import result_transfer
+
+        root = result_transfer.transfer_root()
+        if root is not None:
+            mine = f"{result_transfer.PREFIX}{proc.pid}-"
+            result_transfer.prune_stale(root)
+            assert not [p for p in Path(root).iterdir() if p.name.startswith(mine)]
     finally:
         kill_resume._kill_group(proc.pid)
 

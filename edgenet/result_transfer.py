@@ -1,0 +1,146 @@
+"""Decoded arrays from worker processes by file in memory-backed storage, not by pipe.
+
+Why (measured, benchmarks/NOTES.md entry 10): `ProcessPoolExecutor` returns a result by
+pickling it into a pipe, and the parent's result thread reads it back in pipe-sized chunks
+(64 KB on Linux), re-taking the GIL for each and copying each into a growing buffer. A decoded
+image's letterbox (3.7 MB at 1280 x 960) and crops (0.7 MB each) make ~5-10 MB per image, and
+py-spy showed that thread holding the GIL more than any other in a pipeline run with decode
+workers: time the stage threads (and, on a GPU, the device's next batch) wait for. Here a
+worker writes the arrays to one file in a tmpfs folder (`/dev/shm`, which is memory) and the
+result carries only the path and layout; the parent reads the file with one `readinto` (the
+GIL is released during the copy), views the arrays in that one buffer and deletes the file.
+
+Linux only, where `/dev/shm` exists: elsewhere, and whenever a write fails (a full `/dev/shm`:
+Docker's default is 64 MB), results travel through the pipe as before.
+`EDGENET_DECODE_TRANSFER=pipe` turns it off. Each run's folder is
+`/dev/shm/edgenet-decode-<pid>-*`, removed at shutdown; folders of dead processes (a run
+killed with -9) are removed by the next run that makes one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+SPILL_FIELDS = ("letterboxed", "crops")  # DecodeResult's array fields
+PREFIX = "edgenet-decode-"
+SHM = "/dev/shm"
+
+
+def transfer_root() -> str | None:
+    """Where transfer folders go: /dev/shm when usable, None for the pipe."""
+    if os.environ.get("EDGENET_DECODE_TRANSFER", "file") == "pipe":
+        return None
+    if os.path.isdir(SHM) and os.access(SHM, os.W_OK | os.X_OK):
+        return SHM
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def prune_stale(root: str) -> list[str]:
+    """Remove transfer folders under ROOT whose process is gone; returns what was removed."""
+    removed = []
+    for entry in Path(root).glob(f"{PREFIX}*"):
+        try:
+            pid = int(entry.name[len(PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if entry.is_dir() and not _pid_alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(str(entry))
+    return removed
+
+
+def make_transfer_dir() -> str | None:
+    """A fresh folder for this process's decode results, or None (use the pipe)."""
+    root = transfer_root()
+    if root is None:
+        return None
+    try:
+        prune_stale(root)
+        return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root)
+    except OSError:
+        return None
+
+
+def remove_transfer_dir(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def spill(result: Any, directory: str) -> None:
+    """In a worker: write RESULT's arrays to one file in DIRECTORY, keep only their layout.
+
+    If the file cannot be written, the arrays stay in the result (the pipe carries them)."""
+    import numpy as np
+
+    arrays = [(name, np.ascontiguousarray(getattr(result, name))) for name in SPILL_FIELDS
+              if isinstance(getattr(result, name), np.ndarray)]
+    if not arrays:
+        return
+    path = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex}.bin")
+    layout, offset = [], 0
+    try:
+        with open(path, "wb", buffering=0) as fh:
+            for name, arr in arrays:
+                if arr.nbytes:
+                    fh.write(arr.reshape(-1).view(np.uint8).data)
+                layout.append((name, offset, arr.shape, arr.dtype.str))
+                offset += arr.nbytes
+    except OSError:  # e.g. no space left in /dev/shm
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    for name, _ in arrays:
+        setattr(result, name, None)
+    result.spill = (path, offset, layout)
+
+
+def unspill(result: Any) -> Any:
+    """In the parent: put the arrays of a spilled RESULT back (views of one buffer) and delete
+    its file. A file that cannot be read fails the image as a failed decode would: the
+    detector's input lost -> `error`; only crops lost -> `crop_error`."""
+    if getattr(result, "spill", None) is None:
+        return result
+    import numpy as np
+
+    path, total, layout = result.spill
+    result.spill = None
+    buf = np.empty(total, dtype=np.uint8)
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            view, got = memoryview(buf), 0
+            while got < total:
+                n = fh.readinto(view[got:])
+                if not n:
+                    raise OSError(f"{path}: {got} of {total} bytes")
+                got += n
+    except OSError as err:
+        message = f"decoded image lost between processes ({err})"
+        if any(name == "letterboxed" for name, *_ in layout):
+            result.ok, result.error = False, message  # the detector fails for this image
+        else:
+            result.crop_error = message  # only the classifier does
+        return result
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    for name, offset, shape, dtype in layout:
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        setattr(result, name, buf[offset:offset + count * dt.itemsize].view(dt).reshape(shape))
+    return result
