@@ -441,7 +441,9 @@ def probe(out: Path, budget_s: float) -> None:
         env, max(30, (t_end - time.monotonic()) * 0.5))
     # 3. Whole runs with the option sets the probe is about, most wanted first; each one's
     # predictions are compared with the default run's of the same precision.
-    runs = [("default", {}, "fp32"), ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp32"),
+    runs = [("default", {}, "fp32"),
+            ("pipe_transfer", {"EDGENET_DECODE_TRANSFER": "pipe"}, "fp32"),  # entry 10's change
+            ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp32"),
             ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp32"),
             ("default", {}, "fp16"), ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp16"),
             ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp16")]
