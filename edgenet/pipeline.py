@@ -4,7 +4,8 @@ Stages, driven from the calling thread of the main process (on GPU providers fro
 threads, so that tensors, detector runs and classifier runs overlap: `edgenet/overlap.py`):
 
 1. decode (+ letterbox, + crops when they are already known) -- in `--workers N` spawned
-   processes (N = 0: in-process; `edgenet/decode_workers.py`). A bounded window of submitted
+   processes (N = 0: in-process; `edgenet/decode_workers.py`; their arrays come back through
+   /dev/shm files on Linux, `edgenet/result_transfer.py`). A bounded window of submitted
    jobs keeps memory flat.
 2. detector batches of equal-shaped letterboxed images (`--batch-size` images), then NMS.
 3. crops of the selected detections (in the workers, which decode the image again, as the
