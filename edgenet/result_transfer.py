@@ -14,7 +14,7 @@ Linux only, where `/dev/shm` exists: elsewhere, and whenever a write fails (a fu
 Docker's default is 64 MB), results travel through the pipe as before.
 `EDGENET_DECODE_TRANSFER=pipe` turns it off. Each run's folder is
 `/dev/shm/edgenet-decode-<pid>-*`, removed at shutdown; folders of dead processes (a run
-killed with -9) are removed by the next run that makes one.
+killed with -9), idle for 10 minutes, are removed by the next run that makes one.
 """
 
 from __future__ import annotations
@@ -51,15 +51,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# A folder is stale when its process is gone AND nothing changed in it for this long: a live
+# run in another PID namespace sharing /dev/shm (`--ipc=host`) may carry a PID that looks
+# dead from here, but it adds and removes files all the time.
+STALE_AFTER_S = 600
+
+
 def prune_stale(root: str) -> list[str]:
-    """Remove transfer folders under ROOT whose process is gone; returns what was removed."""
+    """Remove transfer folders under ROOT whose process is gone (and that are idle for
+    STALE_AFTER_S); returns what was removed."""
+    import time
+
     removed = []
     for entry in Path(root).glob(f"{PREFIX}*"):
         try:
             pid = int(entry.name[len(PREFIX):].split("-", 1)[0])
-        except ValueError:
+            idle = time.time() - entry.stat().st_mtime
+        except (ValueError, OSError):
             continue
-        if entry.is_dir() and not _pid_alive(pid):
+        if entry.is_dir() and idle > STALE_AFTER_S and not _pid_alive(pid):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(str(entry))
     return removed
