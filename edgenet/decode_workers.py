@@ -19,7 +19,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgenet.errors import warn
-from edgenet.result_transfer import make_transfer_dir, remove_transfer_dir, spill, unspill
+from edgenet.result_transfer import (
+    make_transfer_dir,
+    remove_transfer_dir,
+    save_frame,
+    spill,
+    take_frame,
+    unspill,
+)
 
 
 @dataclass
@@ -31,6 +38,8 @@ class DecodeJob:
     keep_image: bool = False
     crops: Any = None  # None, "full_image", or a list of normalised [x, y, w, h] boxes
     transfer_dir: str | None = None  # set by the executor: arrays come back by file there
+    keep_frame: bool = False  # keep the decoded frame there for this image's crop job
+    frame: Any = None  # (path, shape) of a kept frame: crop from it instead of decoding
 
 
 @dataclass
@@ -48,6 +57,7 @@ class DecodeResult:
     crop_error: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     spill: Any = None  # (path, bytes, layout) while the arrays are in a file (result_transfer)
+    frame: Any = None  # (path, shape) of the decoded frame kept for the crop job, if any
 
 
 def _worker_init() -> None:
@@ -134,6 +144,14 @@ def _decode(job: DecodeJob) -> DecodeResult:
 
     result = DecodeResult(filepath=job.filepath)
     t0 = time.perf_counter()
+    if job.frame is not None and not job.letterbox:
+        frame = take_frame(job.frame)  # the letterbox job's decoded pixels, if still there
+        if frame is not None:
+            result.orig_w, result.orig_h = int(frame.shape[1]), int(frame.shape[0])
+            result.timings["decode"] = time.perf_counter() - t0
+            result.ok = True
+            _add_crops(result, frame, job.crops)
+            return result
     try:
         image = load_rgb_image(job.filepath)
         result.orig_w, result.orig_h = image.width, image.height
@@ -157,15 +175,26 @@ def _decode(job: DecodeJob) -> DecodeResult:
         result.timings["letterbox"] = time.perf_counter() - t1
     result.ok = True
     if job.crops is not None:
-        t2 = time.perf_counter()
-        try:
-            result.crops = make_crops(image, job.crops)
-        except Exception as err:  # noqa: BLE001 - reference: classifier preprocess failure
-            result.crop_error = f"{type(err).__name__}: {err}"
-        result.timings["crop"] = time.perf_counter() - t2
+        _add_crops(result, image, job.crops)
     if job.keep_image:
         result.image = image
+    if job.keep_frame and job.transfer_dir:
+        try:
+            from edgenet.classifier import image_array
+
+            result.frame = save_frame(image_array(image), job.transfer_dir)
+        except Exception:  # noqa: BLE001 - only an optimisation: the crop job decodes again
+            result.frame = None
     return result
+
+
+def _add_crops(result: DecodeResult, image: Any, spec: Any) -> None:
+    t0 = time.perf_counter()
+    try:
+        result.crops = make_crops(image, spec)
+    except Exception as err:  # noqa: BLE001 - reference: classifier preprocess failure
+        result.crop_error = f"{type(err).__name__}: {err}"
+    result.timings["crop"] = time.perf_counter() - t0
 
 
 class DecodeExecutor:

@@ -8,7 +8,8 @@ threads, so that tensors, detector runs and classifier runs overlap: `edgenet/ov
    /dev/shm files on Linux, `edgenet/result_transfer.py`). A bounded window of submitted
    jobs keeps memory flat.
 2. detector batches of equal-shaped letterboxed images (`--batch-size` images), then NMS.
-3. crops of the selected detections (in the workers, which decode the image again, as the
+3. crops of the selected detections (in the workers, from the decoded pixels the letterbox
+   job left in /dev/shm, or by decoding the image again where there is no room, as the
    reference does; in-process, the decoded image is kept and cropped directly).
 4. classifier batches (`--batch-size` crops), top-k.
 5. geolocation + ensemble per image, stored by filepath; periodic atomic checkpoints.
@@ -57,6 +58,7 @@ from edgenet.decode_workers import (  # noqa: F401 - re-exported: edgenet.pipeli
 from edgenet.errors import EdgenetError, InputError
 from edgenet.errors import warn as _warn
 from edgenet.predictions import Checkpointer, make_predictions_dict
+from edgenet.result_transfer import drop_frame
 from edgenet.run_defaults import (  # noqa: F401 - re-exported: edgenet.pipeline API
     _fix_batch_shapes,
     _on_accelerator,
@@ -383,6 +385,7 @@ class _Item:
     indices: list[int] = field(default_factory=list)
     crops: Any = None
     crop_spec: Any = None
+    frame: Any = None  # decoded pixels kept in /dev/shm for the crop job (result_transfer)
     classifier_failed: bool = False
     classifications: list[Any] = field(default_factory=list)
     crops_left: int = 0
@@ -589,6 +592,7 @@ class PipelineRun:
             item.orig_w, item.orig_h = result.orig_w, result.orig_h
             item.letterboxed = result.letterboxed
             item.image = result.image
+            item.frame = result.frame
             if result.crops is not None or result.crop_error:
                 item.crops = result.crops
                 item.classifier_failed = bool(result.crop_error)
@@ -680,6 +684,8 @@ class PipelineRun:
                 cfg.max_classifications_per_image,
             )
             if not item.indices:
+                drop_frame(item.frame)  # nothing to crop: its kept pixels are not needed
+                item.frame = None
                 yield item
                 continue
             bboxes = [item.detections[i]["bbox"] for i in item.indices]  # type: ignore[index]
@@ -694,7 +700,10 @@ class PipelineRun:
                 item.image = None
                 yield item
                 continue
-            job = DecodeJob(item.filepath, crops=bboxes)
+            # The crop job reads (and deletes) the kept frame instead of decoding the file
+            # again; without one, or if it is gone, it decodes as the reference does.
+            job = DecodeJob(item.filepath, crops=bboxes, frame=item.frame)
+            item.frame = None
             pending.append((item, job, executor.submit(job)))
             while len(pending) >= window or (pending and pending[0][2][1].done()):
                 yield self._finish_crop(executor, *pending.popleft())
@@ -869,11 +878,13 @@ class PipelineRun:
             )
         crops_at_decode = "full_image" if (mode == "full" and self.whole_image) else None
         keep_image = mode == "full" and not self.whole_image and executor.workers == 0
+        # With workers, the decoded pixels wait in /dev/shm for the crop job (one decode per
+        # image, not two), where that folder exists and has room (result_transfer.save_frame).
+        keep_frame = mode == "full" and not self.whole_image and executor.transfer_dir is not None
 
         def job(item: _Item) -> DecodeJob:
-            return DecodeJob(
-                item.filepath, letterbox=True, keep_image=keep_image, crops=crops_at_decode
-            )
+            return DecodeJob(item.filepath, letterbox=True, keep_image=keep_image,
+                             crops=crops_at_decode, keep_frame=keep_frame)
 
         # With overlap (GPU providers), three threads: decode results + batching + input
         # tensors | detector runs + NMS + crops | classifier + ensemble (the caller's).

@@ -154,3 +154,58 @@ def unspill(result: Any) -> Any:
         count = int(np.prod(shape, dtype=np.int64))
         setattr(result, name, buf[offset:offset + count * dt.itemsize].view(dt).reshape(shape))
     return result
+
+
+# Decoded frames kept for the crop job (which otherwise decodes the image again) only while
+# /dev/shm keeps this much free beside them: a frame is 9-48 MB (3-12 MP), and the detector
+# has ~2 batches of images in flight between the two jobs.
+FRAME_HEADROOM = 512 * 2**20
+
+
+def save_frame(arr: Any, directory: str) -> tuple[str, tuple[int, ...]] | None:
+    """In a worker: keep a decoded RGB frame in DIRECTORY for the image's crop job; None when
+    /dev/shm is short of room or the write fails (the crop job then decodes the file)."""
+    import numpy as np
+
+    arr = np.ascontiguousarray(arr)
+    path = os.path.join(directory, f"frame-{os.getpid()}-{uuid.uuid4().hex}.bin")
+    try:
+        st = os.statvfs(directory)
+        if st.f_bavail * st.f_frsize < 4 * arr.nbytes + FRAME_HEADROOM:
+            return None
+        with open(path, "wb", buffering=0) as fh:
+            fh.write(arr.reshape(-1).view(np.uint8).data)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return None
+    return path, tuple(arr.shape)
+
+
+def take_frame(frame: tuple[str, tuple[int, ...]]) -> Any | None:
+    """In the crop job's worker: the kept frame (its file deleted), or None if it is gone."""
+    import numpy as np
+
+    path, shape = frame
+    buf = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=np.uint8)
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            view, got = memoryview(buf), 0
+            while got < buf.size:
+                n = fh.readinto(view[got:])
+                if not n:
+                    return None
+                got += n
+    except OSError:
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return buf.reshape(shape)
+
+
+def drop_frame(frame: tuple[str, tuple[int, ...]] | None) -> None:
+    """In the parent: a kept frame no crop job will read (no detection selected)."""
+    if frame is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(frame[0])

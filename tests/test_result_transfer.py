@@ -101,3 +101,89 @@ def test_workers_return_arrays_by_file_and_clean_up(tmp_path: Path) -> None:
     finally:
         executor.shutdown()
     assert not Path(folder).exists()
+
+
+def test_a_kept_frame_gives_the_same_crops_and_is_deleted(tmp_path: Path) -> None:
+    """The letterbox job keeps the decoded pixels; the crop job crops from them (no second
+    decode), deletes them, and gives exactly the crops of a decode; a vanished frame falls
+    back to decoding the file."""
+    img = tmp_path / "a.jpg"
+    PIL.Image.fromarray(np.random.default_rng(3).integers(0, 256, (500, 700, 3),
+                                                          dtype=np.uint8)).save(img)
+    folder = tmp_path / "transfer"
+    folder.mkdir()
+    first = run_decode_job(DecodeJob(str(img), letterbox=True, keep_frame=True,
+                                     transfer_dir=str(folder)))
+    result_transfer.unspill(first)
+    assert first.ok and first.frame is not None and Path(first.frame[0]).is_file()
+    boxes = [[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.6, 0.7]]
+    want = run_decode_job(DecodeJob(str(img), crops=boxes))
+    got = run_decode_job(DecodeJob(str(img), crops=boxes, frame=first.frame))
+    assert got.ok and (got.orig_w, got.orig_h) == (700, 500)
+    np.testing.assert_array_equal(got.crops, want.crops)
+    assert not Path(first.frame[0]).exists()  # read once, then gone
+    again = run_decode_job(DecodeJob(str(img), crops=boxes, frame=first.frame))
+    np.testing.assert_array_equal(again.crops, want.crops)  # decoded the file instead
+    # no room: nothing kept (a small /dev/shm, e.g. Docker's 64 MB)
+    assert result_transfer.save_frame(np.zeros((10, 10, 3), np.uint8), str(folder)) is not None
+    big = np.zeros((1, 1, 3), np.uint8)
+    old = result_transfer.FRAME_HEADROOM
+    try:
+        result_transfer.FRAME_HEADROOM = 1 << 62
+        assert result_transfer.save_frame(big, str(folder)) is None
+    finally:
+        result_transfer.FRAME_HEADROOM = old
+
+
+@pytest.mark.skipif(result_transfer.transfer_root() is None, reason="no /dev/shm here")
+@pytest.mark.parametrize("threshold", [None, 1.5])  # 1.5: no detection is ever selected
+def test_a_pipeline_run_leaves_no_frame_behind(tmp_path: Path, monkeypatch, threshold) -> None:
+    """With workers every image's kept frame is read by its crop job or dropped (no detection
+    selected, detector failure): nothing accumulates in /dev/shm during a long run; what is
+    left when the run shuts its workers down is looked at before the folder goes."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tinypack import build_tiny_pack, write_images
+
+    from edgenet import decode_workers, pipeline
+    from edgenet import predictions as P
+    from edgenet.instances import prepare_instances
+
+    left: list[list[str]] = []
+    real_remove = decode_workers.remove_transfer_dir
+
+    def look_then_remove(path: str | None) -> None:
+        if path:
+            left.append(sorted(p.name for p in Path(path).iterdir()))
+        real_remove(path)
+
+    monkeypatch.setattr(decode_workers, "remove_transfer_dir", look_then_remove)
+    crop_jobs_with_frames, dropped = [], []
+    real_submit, real_drop = decode_workers.DecodeExecutor.submit, pipeline.drop_frame
+
+    def submit(self, job):
+        if job.crops is not None and not job.letterbox:
+            crop_jobs_with_frames.append(job.frame is not None)
+        return real_submit(self, job)
+
+    def drop(frame):
+        dropped.append(frame is not None)
+        real_drop(frame)
+
+    monkeypatch.setattr(decode_workers.DecodeExecutor, "submit", submit)
+    monkeypatch.setattr(pipeline, "drop_frame", drop)
+    pack = build_tiny_pack(tmp_path / "pack")
+    write_images(tmp_path / "imgs")
+    instances = prepare_instances(folders=[str(tmp_path / "imgs")])
+    extra = {} if threshold is None else {"detection_threshold_for_classification": threshold}
+    plain, _ = pipeline.run_pipeline(pipeline.PipelineConfig(
+        instances=instances, model=pack, workers=0, handle_signals=False, **extra))
+    preds, stats = pipeline.run_pipeline(pipeline.PipelineConfig(
+        instances=instances, model=pack, workers=1, handle_signals=False, **extra))
+    if threshold is None:
+        assert stats["counts"]["crops"] > 0
+        assert crop_jobs_with_frames and all(crop_jobs_with_frames)  # no image decoded twice
+    else:
+        assert stats["counts"]["crops"] == 0 and not crop_jobs_with_frames
+        assert True in dropped  # images with nothing to crop gave their frames back
+    assert left == [[]]  # one worker pool, its folder empty at the end
+    assert P.dumps_predictions(preds) == P.dumps_predictions(plain)
