@@ -157,21 +157,35 @@ def unspill(result: Any) -> Any:
 
 
 # Decoded frames kept for the crop job (which otherwise decodes the image again) only while
-# /dev/shm keeps this much free beside them: a frame is 9-48 MB (3-12 MP), and the detector
-# has ~2 batches of images in flight between the two jobs.
+# /dev/shm keeps FRAME_HEADROOM free beside them and the run's frames stay under FRAME_BUDGET:
+# a frame is 9-48 MB (3-12 MP), and the pipeline's queues can hold ~90 images between the
+# two jobs (14 workers, batch 8); past the budget an image is decoded twice, as before.
 FRAME_HEADROOM = 512 * 2**20
+FRAME_BUDGET = 1024 * 2**20
+
+
+def _frames_bytes(directory: str) -> int:
+    total = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith("frame-"):
+                with contextlib.suppress(OSError):
+                    total += entry.stat().st_size
+    return total
 
 
 def save_frame(arr: Any, directory: str) -> tuple[str, tuple[int, ...]] | None:
     """In a worker: keep a decoded RGB frame in DIRECTORY for the image's crop job; None when
-    /dev/shm is short of room or the write fails (the crop job then decodes the file)."""
+    /dev/shm is short of room, the run's frames would pass FRAME_BUDGET, or the write fails
+    (the crop job then decodes the file)."""
     import numpy as np
 
     arr = np.ascontiguousarray(arr)
     path = os.path.join(directory, f"frame-{os.getpid()}-{uuid.uuid4().hex}.bin")
     try:
         st = os.statvfs(directory)
-        if st.f_bavail * st.f_frsize < 4 * arr.nbytes + FRAME_HEADROOM:
+        if (st.f_bavail * st.f_frsize < 4 * arr.nbytes + FRAME_HEADROOM
+                or _frames_bytes(directory) + arr.nbytes > FRAME_BUDGET):
             return None
         with open(path, "wb", buffering=0) as fh:
             fh.write(arr.reshape(-1).view(np.uint8).data)

@@ -126,13 +126,21 @@ def test_a_kept_frame_gives_the_same_crops_and_is_deleted(tmp_path: Path) -> Non
     np.testing.assert_array_equal(again.crops, want.crops)  # decoded the file instead
     # no room: nothing kept (a small /dev/shm, e.g. Docker's 64 MB)
     assert result_transfer.save_frame(np.zeros((10, 10, 3), np.uint8), str(folder)) is not None
-    big = np.zeros((1, 1, 3), np.uint8)
+    tiny = np.zeros((1, 1, 3), np.uint8)
     old = result_transfer.FRAME_HEADROOM
     try:
         result_transfer.FRAME_HEADROOM = 1 << 62
-        assert result_transfer.save_frame(big, str(folder)) is None
+        assert result_transfer.save_frame(tiny, str(folder)) is None
     finally:
         result_transfer.FRAME_HEADROOM = old
+    # the run's frames stay within FRAME_BUDGET (the 10 x 10 one above is still there)
+    old = result_transfer.FRAME_BUDGET
+    try:
+        result_transfer.FRAME_BUDGET = 300 + 3
+        assert result_transfer.save_frame(tiny, str(folder)) is not None  # 300 + 3 bytes
+        assert result_transfer.save_frame(tiny, str(folder)) is None  # would be 306
+    finally:
+        result_transfer.FRAME_BUDGET = old
 
 
 @pytest.mark.skipif(result_transfer.transfer_root() is None, reason="no /dev/shm here")
