@@ -442,7 +442,8 @@ def probe(out: Path, budget_s: float) -> None:
     # 3. Whole runs with the option sets the probe is about, most wanted first; each one's
     # predictions are compared with the default run's of the same precision.
     runs = [("default", {}, "fp32"),
-            ("pipe_transfer", {"EDGENET_DECODE_TRANSFER": "pipe"}, "fp32"),  # entry 10's change
+            # entries 10 and 11 off: results by pipe, each image decoded twice
+            ("pipe_transfer", {"EDGENET_DECODE_TRANSFER": "pipe"}, "fp32"),
             ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp32"),
             ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp32"),
             ("default", {}, "fp16"), ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp16"),
