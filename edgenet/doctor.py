@@ -65,6 +65,25 @@ def check_device(device: str, model_path: Path) -> dict:
     return result
 
 
+def _transfer_line() -> str:
+    """How decode workers will hand back arrays here (edgenet/result_transfer.py)."""
+    import os
+    import shutil
+
+    from edgenet import result_transfer
+
+    root = result_transfer.transfer_root()
+    if root is None:
+        why = ("EDGENET_DECODE_TRANSFER=pipe"
+               if os.environ.get("EDGENET_DECODE_TRANSFER") == "pipe"
+               else f"no writable {result_transfer.SHM}")
+        return f"through the pipe ({why}); images with crops are decoded twice"
+    free = shutil.disk_usage(root).free
+    frames = ("decoded frames kept for crops" if free > result_transfer.FRAME_HEADROOM
+              else f"too little free there ({free / 2**20:.0f} MB) to keep decoded frames")
+    return f"files in {root} ({free / 2**30:.1f} GB free; {frames})"
+
+
 def run_doctor(echo: Callable[[str], None] = print) -> int:
     """Print the report; returns 0 (the report itself says what is wrong)."""
     import edgenet
@@ -111,6 +130,7 @@ def run_doctor(echo: Callable[[str], None] = print) -> int:
                 )
             else:
                 echo(f"check {device}: FAILED ({res.get('error', 'unknown error')})")
+    echo("decode workers' results: " + _transfer_line())
     try:
         from edgenet.pack import default_pack_dir
 

@@ -197,10 +197,14 @@ def test_sigterm_saves_and_exits_130(tiny, tmp_path) -> None:
     assert any(not p.get("failures") for p in saved)
 
 
-def test_doctor_never_crashes(capsys) -> None:
+def test_doctor_never_crashes(capsys, monkeypatch) -> None:
     code, out, _ = _main(capsys, "doctor")
     assert code == 0
     assert "onnxruntime" in out and "check cpu: ok" in out
+    assert "decode workers' results: " in out  # files in /dev/shm, or the pipe and why
+    monkeypatch.setenv("EDGENET_DECODE_TRANSFER", "pipe")
+    code, out, _ = _main(capsys, "doctor")
+    assert code == 0 and "through the pipe (EDGENET_DECODE_TRANSFER=pipe)" in out
 
 
 def test_demo_runs_or_explains(capsys, tmp_path, monkeypatch) -> None:
