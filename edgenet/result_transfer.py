@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 SPILL_FIELDS = ("letterboxed", "crops")  # DecodeResult's array fields
+SPILL_HEADROOM = 16 * 2**20  # left free in /dev/shm after a result's file
 PREFIX = "edgenet-decode-"
 SHM = "/dev/shm"
 
@@ -105,6 +106,9 @@ def spill(result: Any, directory: str) -> None:
     path = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex}.bin")
     layout, offset = [], 0
     try:
+        st = os.statvfs(directory)
+        if st.f_bavail * st.f_frsize < sum(a.nbytes for _, a in arrays) + SPILL_HEADROOM:
+            return  # a small /dev/shm (Docker: 64 MB) that is full now: the pipe, not a write
         with open(path, "wb", buffering=0) as fh:
             for name, arr in arrays:
                 if arr.nbytes:

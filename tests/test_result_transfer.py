@@ -40,10 +40,13 @@ def test_spill_and_unspill_give_the_same_arrays(tmp_path: Path, crops: int) -> N
     np.testing.assert_array_equal(back.crops, want_crops)
 
 
-def test_a_result_that_cannot_be_written_keeps_its_arrays(tmp_path: Path) -> None:
+def test_a_result_that_cannot_be_written_keeps_its_arrays(tmp_path: Path, monkeypatch) -> None:
     res = _result()
     result_transfer.spill(res, str(tmp_path / "missing"))
     assert res.spill is None and res.letterboxed is not None and res.crops is not None
+    monkeypatch.setattr(result_transfer, "SPILL_HEADROOM", 1 << 62)  # as a full /dev/shm
+    result_transfer.spill(res, str(tmp_path))
+    assert res.spill is None and res.letterboxed is not None and not list(tmp_path.iterdir())
 
 
 def test_a_lost_file_fails_the_image_or_only_its_crops(tmp_path: Path) -> None:
