@@ -502,9 +502,9 @@ def run_chain_rows(first: ort.InferenceSession, second: ort.InferenceSession, fi
             mid = first.run([first_out], {first_in: rows})[0]
             return second.run([second_out], {second_in: mid})[0]
         device_id = _device_id(first)
-        x_dev = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(rows), "cuda", device_id)
+        host = np.ascontiguousarray(rows)  # copied to the device inside the run (no GIL)
         to_mid = first.io_binding()
-        to_mid.bind_ortvalue_input(first_in, x_dev)
+        to_mid.bind_cpu_input(first_in, host)
         to_mid.bind_output(first_out, "cuda", device_id)
         first.run_with_iobinding(to_mid)
         mid = to_mid.get_outputs()[0]
@@ -527,11 +527,14 @@ def run_with_iobinding(
     feeds: Mapping[str, np.ndarray],
     output_names: Sequence[str] | None = None,
 ) -> list[np.ndarray]:
-    """Run `sess`, binding inputs/outputs on the GPU when it runs on CUDA or TensorRT.
+    """Run `sess`, with its outputs bound on the GPU when it runs on CUDA or TensorRT.
 
-    Why: with plain `run`, onnxruntime copies inputs host->device and outputs back through
-    extra staging buffers; binding copies each input once and keeps outputs on the device
-    until one copy at the end. On other providers this is plain `sess.run`.
+    Why: outputs stay on the device until one copy at the end. Inputs are bound as host
+    arrays (`bind_cpu_input`: onnxruntime wraps the numpy memory and copies it to the device
+    inside the run, with the GIL released); `OrtValue.ortvalue_from_numpy(..., "cuda")`, used
+    before, made that 15-18 ms copy of a detector batch while holding the GIL (its pybind
+    code releases nothing), stalling the pipeline's other threads (benchmarks/NOTES.md,
+    entries 9 and 10). On other providers this is plain `sess.run`.
     """
     names = list(output_names) if output_names is not None else [
         o.name for o in sess.get_outputs()
@@ -540,11 +543,11 @@ def run_with_iobinding(
         return sess.run(names, dict(feeds))
     binding = sess.io_binding()
     device_id = _device_id(sess)
-    keep_alive = []  # the device copies must outlive the run
+    keep_alive = []  # the bound host arrays must outlive the run
     for name, arr in feeds.items():
-        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", device_id)
-        keep_alive.append(value)
-        binding.bind_ortvalue_input(name, value)
+        host = np.ascontiguousarray(arr)
+        keep_alive.append(host)
+        binding.bind_cpu_input(name, host)
     for name in names:
         binding.bind_output(name, "cuda", device_id)
     sess.run_with_iobinding(binding)

@@ -241,3 +241,69 @@ def test_requested_provider_that_fails_to_load_raises(tiny_model: Path, monkeypa
     )
     with pytest.raises(EdgenetError, match="failed to initialise"):
         providers.make_session(tiny_model, device="cuda")
+
+
+class _FakeBinding:
+    def __init__(self, log: list, name: str) -> None:
+        self.log, self.name = log, name
+
+    def bind_cpu_input(self, name, arr) -> None:
+        assert arr.flags.c_contiguous
+        self.log.append((self.name, "cpu_input", name, arr.copy()))
+
+    def bind_ortvalue_input(self, name, value) -> None:
+        self.log.append((self.name, "ortvalue_input", name, value))
+
+    def bind_output(self, name, device, device_id) -> None:
+        self.log.append((self.name, "output", name, device, device_id))
+
+    def get_outputs(self) -> list:
+        return [f"{self.name}-on-device"]
+
+    def copy_outputs_to_cpu(self) -> list:
+        return [np.full((2, 3), 7.0, np.float32)]
+
+
+class _FakeCudaSession:
+    """What run_with_iobinding / run_chain_rows use of a CUDA session (no GPU needed)."""
+
+    def __init__(self, log: list, name: str) -> None:
+        self.log, self.name = log, name
+
+    def get_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def get_provider_options(self) -> dict:
+        return {"CUDAExecutionProvider": {"device_id": "1"}}
+
+    def get_outputs(self) -> list:
+        class _Out:
+            name = "out"
+        return [_Out()]
+
+    def io_binding(self) -> _FakeBinding:
+        return _FakeBinding(self.log, self.name)
+
+    def run_with_iobinding(self, binding) -> None:
+        self.log.append((self.name, "run"))
+
+
+def test_cuda_runs_bind_host_inputs_and_device_outputs() -> None:
+    """On CUDA the input is bound as a host array (copied to the device inside the run,
+    without the GIL), the output on the session's device; a chain hands the first session's
+    device output to the second."""
+    log: list = []
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]  # not contiguous
+    out = providers.run_with_iobinding(_FakeCudaSession(log, "a"), {"x": x}, ["out"])
+    assert out[0].shape == (2, 3)
+    (who, kind, name, arr), output, run = log
+    assert (who, kind, name) == ("a", "cpu_input", "x") and np.array_equal(arr, x)
+    assert output == ("a", "output", "out", "cuda", 1) and run == ("a", "run")
+    log.clear()
+    providers.run_chain_rows(_FakeCudaSession(log, "pre"), _FakeCudaSession(log, "det"),
+                             "pixels", "tensor", "images", "out", x)
+    kinds = [entry[:3] for entry in log]
+    assert kinds == [("pre", "cpu_input", "pixels"), ("pre", "output", "tensor"),
+                     ("pre", "run"), ("det", "ortvalue_input", "images"),
+                     ("det", "output", "out"), ("det", "run")]
+    assert log[3][3] == "pre-on-device"
