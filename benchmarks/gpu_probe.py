@@ -77,52 +77,45 @@ def input_array(sess: ort.InferenceSession, batch: int) -> np.ndarray:
     return rng.random(dims, dtype=np.float32).astype(dtype)
 
 
-def _to_unit_float_nodes(src: str, dst: str) -> list[Any]:
-    """uint8 NHWC SRC -> float32 NCHW DST in [0, 1]: what `detector.to_tensor` does on the
-    CPU, as graph nodes (Cast, Div by the initializer `{dst}_255`, Transpose)."""
-    from onnx import TensorProto, helper
-
-    return [helper.make_node("Cast", [src], [f"{dst}_f"], to=TensorProto.FLOAT),
-            helper.make_node("Div", [f"{dst}_f", f"{dst}_255"], [f"{dst}_nhwc"]),
-            helper.make_node("Transpose", [f"{dst}_nhwc"], [dst], perm=[0, 3, 1, 2])]
-
-
 def uint8_input_model(src: Path, dst: Path) -> Path:
-    """SRC with its float NCHW input replaced by uint8 NHWC pixels converted inside the graph:
-    what feeding the GPU uint8 would cost (a quarter of the bytes to copy, no CPU tensor
-    build). Needs `onnx` (the device image has it; edgenet's runtime does not)."""
+    """SRC with its float NCHW input replaced by uint8 NHWC pixels converted inside the graph
+    by the nodes of `detector.unit_float_model_bytes` (what `EDGENET_DEVICE_PIXELS=1` runs as
+    a second session): what feeding the GPU uint8 costs when fused into one graph. Needs
+    `onnx` (the device image has it; edgenet's runtime does not)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+
+    from edgenet.detector import unit_float_model_bytes
 
     model = onnx.load(str(src))
     graph = model.graph
     old = graph.input[0]
+    pre = onnx.load_from_string(unit_float_model_bytes(
+        old.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16))
+    prefix = f"{old.name}_"
+    for node in pre.graph.node:  # the pixel graph's names, kept apart from the detector's
+        node.input[:] = [prefix + n for n in node.input]
+        node.output[:] = [old.name if n == "tensor" else prefix + n for n in node.output]
+    for init in pre.graph.initializer:
+        init.name = prefix + init.name
+    pixels = pre.graph.input[0]
+    pixels.name = prefix + pixels.name
     graph.input.remove(old)
-    graph.input.insert(0, helper.make_tensor_value_info(
-        f"{old.name}_uint8", TensorProto.UINT8, ["batch", "height", "width", 3]))
-    graph.initializer.append(
-        numpy_helper.from_array(np.array(255.0, np.float32), f"{old.name}_255"))
-    for node in reversed(_to_unit_float_nodes(f"{old.name}_uint8", old.name)):
+    graph.input.insert(0, pixels)
+    graph.initializer.extend(pre.graph.initializer)
+    for node in reversed(pre.graph.node):
         graph.node.insert(0, node)
     onnx.save(model, str(dst))
     return dst
 
 
 def division_exactness(cuda: bool) -> dict[str, Any]:
-    """Are the in-graph Cast/Div/Transpose bit-equal to `detector.to_tensor` for all 256
-    pixel values on this provider? (They must be before the pipeline may use them.)"""
-    from onnx import TensorProto, helper, numpy_helper
+    """Is the pixel-conversion graph the pipeline runs with `EDGENET_DEVICE_PIXELS=1`
+    (`detector.unit_float_model_bytes`) bit-equal to `detector.to_tensor` for all 256 pixel
+    values on this provider? (It must be before that switch may become a default.)"""
+    from edgenet.detector import to_tensor, unit_float_model_bytes
 
-    from edgenet.detector import to_tensor
-
-    graph = helper.make_graph(
-        _to_unit_float_nodes("pixels", "tensor"), "to_unit_float",
-        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 16, 16, 3])],
-        [helper.make_tensor_value_info("tensor", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [numpy_helper.from_array(np.array(255.0, np.float32), "tensor_255")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else None
-    sess = ort.InferenceSession(model.SerializeToString(), providers=providers)
+    sess = ort.InferenceSession(unit_float_model_bytes(), providers=providers)
     img = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
     ours = sess.run(None, {"pixels": img[None]})[0]
     want = to_tensor([img])

@@ -93,6 +93,51 @@ def remove_transfer_dir(path: str | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _free_bytes(directory: str) -> int:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def _write_arrays(path: str, arrays: list[Any]) -> bool:
+    """The raw bytes of contiguous ARRAYS, one after another, in a new file at PATH; False
+    (and no file) if that fails, e.g. no space left in /dev/shm."""
+    import numpy as np
+
+    try:
+        with open(path, "wb", buffering=0) as fh:
+            for arr in arrays:
+                if arr.nbytes:
+                    fh.write(arr.reshape(-1).view(np.uint8).data)
+        return True
+    except OSError:
+        _unlink(path)
+        return False
+
+
+def _read_and_delete(path: str, nbytes: int) -> Any:
+    """NBYTES from the file at PATH into one new uint8 buffer (`readinto`: the copy runs
+    without the GIL), then the file is deleted, whatever happened; OSError if short."""
+    import numpy as np
+
+    buf = np.empty(nbytes, dtype=np.uint8)
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            view, got = memoryview(buf), 0
+            while got < nbytes:
+                n = fh.readinto(view[got:])
+                if not n:
+                    raise OSError(f"{path}: {got} of {nbytes} bytes")
+                got += n
+    finally:
+        _unlink(path)
+    return buf
+
+
 def spill(result: Any, directory: str) -> None:
     """In a worker: write RESULT's arrays to one file in DIRECTORY, keep only their layout.
 
@@ -103,25 +148,21 @@ def spill(result: Any, directory: str) -> None:
               if isinstance(getattr(result, name), np.ndarray)]
     if not arrays:
         return
+    total = sum(arr.nbytes for _, arr in arrays)
     path = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex}.bin")
-    layout, offset = [], 0
     try:
-        st = os.statvfs(directory)
-        if st.f_bavail * st.f_frsize < sum(a.nbytes for _, a in arrays) + SPILL_HEADROOM:
+        if _free_bytes(directory) < total + SPILL_HEADROOM:
             return  # a small /dev/shm (Docker: 64 MB) that is full now: the pipe, not a write
-        with open(path, "wb", buffering=0) as fh:
-            for name, arr in arrays:
-                if arr.nbytes:
-                    fh.write(arr.reshape(-1).view(np.uint8).data)
-                layout.append((name, offset, arr.shape, arr.dtype.str))
-                offset += arr.nbytes
-    except OSError:  # e.g. no space left in /dev/shm
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+    except OSError:
         return
-    for name, _ in arrays:
+    if not _write_arrays(path, [arr for _, arr in arrays]):
+        return
+    layout, offset = [], 0
+    for name, arr in arrays:
+        layout.append((name, offset, arr.shape, arr.dtype.str))
+        offset += arr.nbytes
         setattr(result, name, None)
-    result.spill = (path, offset, layout)
+    result.spill = (path, total, layout)
 
 
 def unspill(result: Any) -> Any:
@@ -134,15 +175,8 @@ def unspill(result: Any) -> Any:
 
     path, total, layout = result.spill
     result.spill = None
-    buf = np.empty(total, dtype=np.uint8)
     try:
-        with open(path, "rb", buffering=0) as fh:
-            view, got = memoryview(buf), 0
-            while got < total:
-                n = fh.readinto(view[got:])
-                if not n:
-                    raise OSError(f"{path}: {got} of {total} bytes")
-                got += n
+        buf = _read_and_delete(path, total)
     except OSError as err:
         message = f"decoded image lost between processes ({err})"
         if any(name == "letterboxed" for name, *_ in layout):
@@ -150,9 +184,6 @@ def unspill(result: Any) -> Any:
         else:
             result.crop_error = message  # only the classifier does
         return result
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
     for name, offset, shape, dtype in layout:
         dt = np.dtype(dtype)
         count = int(np.prod(shape, dtype=np.int64))
@@ -187,17 +218,12 @@ def save_frame(arr: Any, directory: str) -> tuple[str, tuple[int, ...]] | None:
     arr = np.ascontiguousarray(arr)
     path = os.path.join(directory, f"frame-{os.getpid()}-{uuid.uuid4().hex}.bin")
     try:
-        st = os.statvfs(directory)
-        if (st.f_bavail * st.f_frsize < 4 * arr.nbytes + FRAME_HEADROOM
+        if (_free_bytes(directory) < 4 * arr.nbytes + FRAME_HEADROOM
                 or _frames_bytes(directory) + arr.nbytes > FRAME_BUDGET):
             return None
-        with open(path, "wb", buffering=0) as fh:
-            fh.write(arr.reshape(-1).view(np.uint8).data)
     except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
         return None
-    return path, tuple(arr.shape)
+    return (path, tuple(arr.shape)) if _write_arrays(path, [arr]) else None
 
 
 def take_frame(frame: tuple[str, tuple[int, ...]]) -> Any | None:
@@ -205,25 +231,13 @@ def take_frame(frame: tuple[str, tuple[int, ...]]) -> Any | None:
     import numpy as np
 
     path, shape = frame
-    buf = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=np.uint8)
     try:
-        with open(path, "rb", buffering=0) as fh:
-            view, got = memoryview(buf), 0
-            while got < buf.size:
-                n = fh.readinto(view[got:])
-                if not n:
-                    return None
-                got += n
+        return _read_and_delete(path, int(np.prod(shape, dtype=np.int64))).reshape(shape)
     except OSError:
         return None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    return buf.reshape(shape)
 
 
 def drop_frame(frame: tuple[str, tuple[int, ...]] | None) -> None:
     """In the parent: a kept frame no crop job will read (no detection selected)."""
     if frame is not None:
-        with contextlib.suppress(OSError):
-            os.unlink(frame[0])
+        _unlink(frame[0])
