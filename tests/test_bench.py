@@ -421,7 +421,7 @@ def test_generated_images_are_camera_trap_sized(tmp_path: Path) -> None:
         with Image.open(p) as im:
             sizes.append(im.size)
             assert im.mode == "RGB" and im.format == "JPEG"
-    assert sizes == list(bench._SYNTH_SIZES[:4])
+    assert sizes == list(bench.frames.SYNTH_SIZES[:4])
     assert paths == sorted(paths)
 
 
