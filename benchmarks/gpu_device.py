@@ -441,15 +441,19 @@ def probe(out: Path, budget_s: float) -> None:
         env, max(30, (t_end - time.monotonic()) * 0.5))
     # 3. Whole runs with the option sets the probe is about, most wanted first; each one's
     # predictions are compared with the default run's of the same precision.
-    runs = [("default", {}, "fp32"),
-            # entries 10 and 11 off: results by pipe, each image decoded twice
-            ("pipe_transfer", {"EDGENET_DECODE_TRANSFER": "pipe"}, "fp32"),
-            ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp32"),
-            ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp32"),
-            ("default", {}, "fp16"), ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp16"),
-            ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp16")]
+    crops32 = ["--classifier-batch-size", "32"]  # entry 12: 32 crops per classifier batch
+    runs: list[tuple[str, dict[str, str], str, list[str]]] = [
+        ("default", {}, "fp32", []),
+        ("crop_batch_32", {}, "fp32", crops32),
+        # entries 10 and 11 off: results by pipe, each image decoded twice
+        ("pipe_transfer", {"EDGENET_DECODE_TRANSFER": "pipe"}, "fp32", []),
+        ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp32", []),
+        ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp32", []),
+        ("default", {}, "fp16", []), ("crop_batch_32", {}, "fp16", crops32),
+        ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp16", []),
+        ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp16", [])]
     rows = []
-    for label, extra_env, prec in runs:
+    for label, extra_env, prec, extra_args in runs:
         if t_end - time.monotonic() < 45:
             break
         preds = ROOT / "work" / f"probe_{label}_{prec}.json"
@@ -457,9 +461,9 @@ def probe(out: Path, budget_s: float) -> None:
         t0 = time.monotonic()
         rc = _sh([sys.executable, "-m", "edgenet.cli", "run", "--model", str(pack),
                   "--instances-json", str(instances), "--predictions-json", str(preds),
-                  "--precision", prec, "--device", DEVICE, "--quiet"],
+                  "--precision", prec, "--device", DEVICE, "--quiet", *extra_args],
                  {**env, **extra_env}, t_end - time.monotonic() - 10)
-        row = {"run": label, "env": extra_env, "precision": prec, "rc": rc,
+        row = {"run": label, "env": extra_env, "args": extra_args, "precision": prec, "rc": rc,
                "wall_s": round(time.monotonic() - t0, 2), "images": n_images}
         base = ROOT / "work" / f"probe_default_{prec}.json"
         if label != "default" and preds.is_file() and base.is_file():

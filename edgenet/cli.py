@@ -147,6 +147,11 @@ def run(
         typer.Option(help="Images per detector batch and crops per classifier batch "
                           "(default: 8 on a GPU, 1 on the CPU, where it is faster)."),
     ] = None,
+    classifier_batch_size: Annotated[
+        int | None,
+        typer.Option(help="Crops per classifier batch (default: --batch-size). Predictions "
+                          "are the same at any size."),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Decode worker processes (0: decode in-process).")
     ] = None,
@@ -324,6 +329,8 @@ def run_command(**opts: object) -> int:
         classifications=classifications,
         partial_predictions=partial,
         batch_size=int(batch_size),
+        classifier_batch_size=(None if o["classifier_batch_size"] is None  # type: ignore[arg-type]
+                               else int(o["classifier_batch_size"])),  # type: ignore[call-overload]
         workers=None if workers is None else int(workers),  # type: ignore[call-overload]
         device=Device(o["device"]).value,
         precision=Precision(o["precision"]).value,

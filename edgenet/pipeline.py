@@ -107,6 +107,9 @@ class PipelineConfig:
     partial_predictions: dict[str, dict] | None = None
     resume: bool = True
     batch_size: int = 8
+    # Crops per classifier batch; None: `batch_size`. A GPU may want more crops per batch than
+    # images per detector batch (a camera-trap frame yields 0 to dozens of crops).
+    classifier_batch_size: int | None = None
     workers: int | None = 0  # None: `default_workers` for the device the models run on
     device: str = "auto"
     precision: str = "fp32"
@@ -295,8 +298,9 @@ def load_components(config: PipelineConfig) -> Components:
 
     def open_session(role: str) -> Any:
         # The CPU arena only at batch 1 (providers.make_session says why).
+        rows = config.batch_size if role == "detector" else classifier_batch(config)
         return make_session(_attr(files, role), config.device, config.threads,
-                            config.precision, config.batch_size == 1)
+                            config.precision, rows == 1)
 
     if need_classifier and comps.classifier is None and need_detector and comps.detector is None:
         # Both sessions at once: building one is mostly single-threaded graph optimisation
@@ -445,6 +449,11 @@ class PipelineRun:
                 f"--batch-size must be at least 1, got {config.batch_size}",
                 fix="use e.g. --batch-size 8",
             )
+        if config.classifier_batch_size is not None and config.classifier_batch_size < 1:
+            raise InputError(
+                f"--classifier-batch-size must be at least 1, got {config.classifier_batch_size}",
+                fix="leave it out to use --batch-size, or use e.g. --classifier-batch-size 32",
+            )
         self.comps = components or load_components(config)
         if config.workers is None:
             config.workers = default_workers(_on_accelerator(self.comps))
@@ -454,7 +463,8 @@ class PipelineRun:
                 fix="use 0 to decode in-process",
             )
         self.config = config
-        _fix_batch_shapes(self.comps, config.batch_size)  # reused components follow this run
+        _fix_batch_shapes(self.comps, config.batch_size,  # reused components follow this run
+                          classifier_batch(config))
         _set_device_pixels(self.comps)
         self.overlap = _overlap_stages(self.comps)
         self._ahead_streams: list[Any] = []
@@ -727,7 +737,7 @@ class PipelineRun:
 
     def _classifier_stage(self, items: Iterable[_Item]) -> Iterator[_Item]:
         """Batch crops across images; yield each image once all its crops are classified."""
-        bs = self.config.batch_size
+        bs = classifier_batch(self.config)
         queue: list[tuple[_Item, int]] = []  # (item, crop index) awaiting the classifier
         waiting: deque[_Item] = deque()  # items with crops in flight, in arrival order
         for item in items:
@@ -1009,9 +1019,15 @@ class PipelineRun:
             "counts": dict(self.counts),
             "checkpoints": self.checkpointer.saves,
             "batch_size": self.config.batch_size,
+            "classifier_batch_size": classifier_batch(self.config),
             "workers": self.config.workers,
             "whole_image": self.whole_image,
         }
+
+
+def classifier_batch(config: PipelineConfig) -> int:
+    """Crops per classifier batch: `classifier_batch_size`, else `batch_size`."""
+    return config.classifier_batch_size or config.batch_size
 
 
 def _pop_finished(waiting: deque[_Item]) -> Iterator[_Item]:
@@ -1066,6 +1082,7 @@ def run_timed(
     device: str = "auto",
     precision: str = "fp32",
     batch_size: int = 8,
+    classifier_batch_size: int | None = None,
     threads: int | None = None,
     workers: int | None = None,
     mode: Mode = "full",
@@ -1091,6 +1108,7 @@ def run_timed(
         pack=pack if pack is not None and not isinstance(pack, (str, os.PathLike)) else None,
         resume=False,
         batch_size=batch_size,
+        classifier_batch_size=classifier_batch_size,
         workers=workers,
         device=device,
         precision=precision,

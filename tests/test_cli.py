@@ -103,6 +103,15 @@ def test_run_resume_mixing_and_md(capsys, tiny, tmp_path) -> None:
     first = out.read_text(encoding="utf-8")
     preds = json.loads(first)["predictions"]
     assert len(preds) == 9 and sum(1 for p in preds if p.get("failures")) == 2
+    # Other detector and classifier batch sizes: the same file.
+    other = tmp_path / "batches.json"
+    code, _, err = _main(capsys, *base, "--predictions-json", other, "--batch-size", "2",
+                         "--classifier-batch-size", "3", "-q")
+    assert code == 0, err
+    assert other.read_text(encoding="utf-8") == first
+    code, _, err = _main(capsys, *base, "--predictions-json", other, "--classifier-batch-size",
+                         "0")
+    assert code == 2 and "--classifier-batch-size must be at least 1" in err
     # Resume: everything done but the two failures, which are retried (and fail again).
     code, _, err = _main(capsys, *base, "--predictions-json", out)
     assert code == 0 and "resuming: 7 image(s)" in err

@@ -101,6 +101,43 @@ def test_fixed_batch_padding_gives_the_same_json(tiny, baseline, batch_size, mon
     assert sizes and set(sizes) == {batch_size}
 
 
+@pytest.mark.parametrize(("batch_size", "crop_batch", "workers"), [(1, 5, 0), (4, 2, 0), (2, 9, 1)])
+def test_classifier_batch_size_changes_batches_not_json(tiny, baseline, batch_size, crop_batch,
+                                                        workers, monkeypatch):
+    # --classifier-batch-size: crops per classifier batch, apart from images per detector
+    # batch. Fixed-size batches forced on (what a GPU gets), so each model's run sizes show
+    # which batch size it was given.
+    from edgenet import providers
+
+    monkeypatch.setenv("EDGENET_FIXED_BATCH", "1")
+    sizes: dict[int, set[int]] = {}
+    real = providers.run_with_iobinding
+
+    def spy(sess, feeds, names=None):
+        x = next(iter(feeds.values()))
+        sizes.setdefault(x.ndim and x.shape[-1], set()).add(len(x))
+        return real(sess, feeds, names)
+
+    monkeypatch.setattr(providers, "run_with_iobinding", spy)
+    preds, stats = _run(tiny, batch_size=batch_size, classifier_batch_size=crop_batch,
+                        workers=workers)
+    assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
+    crops = stats["counts"]["crops"]
+    assert stats["classifier_batch_size"] == crop_batch
+    assert stats["counts"]["classifier_batches"] == -(-crops // crop_batch)
+    # The classifier's input is NHWC (last axis 3 channels), the detector's NCHW.
+    assert sizes[3] == ({crop_batch} if crop_batch > 1 else {1})
+    assert {n for k, v in sizes.items() if k != 3 for n in v} == (
+        {batch_size} if batch_size > 1 else {1})
+
+
+def test_classifier_batch_size_must_be_positive(tiny) -> None:
+    from edgenet.errors import InputError
+
+    with pytest.raises(InputError, match="--classifier-batch-size"):
+        _run(tiny, batch_size=2, classifier_batch_size=0)
+
+
 @pytest.mark.parametrize(("batch_size", "overlap"), [(1, "0"), (3, "1")])
 def test_device_pixels_give_the_same_json(tiny, baseline, batch_size, overlap, monkeypatch):
     # EDGENET_DEVICE_PIXELS=1: the detector gets uint8 batches and converts them in a second
