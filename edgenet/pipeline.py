@@ -11,7 +11,7 @@ threads, so that tensors, detector runs and classifier runs overlap: `edgenet/ov
 3. crops of the selected detections (in the workers, from the decoded pixels the letterbox
    job left in /dev/shm, or by decoding the image again where there is no room, as the
    reference does; in-process, the decoded image is kept and cropped directly).
-4. classifier batches (`--batch-size` crops), top-k.
+4. classifier batches (`--classifier-batch-size` crops, default `--batch-size`), top-k.
 5. geolocation + ensemble per image, stored by filepath; periodic atomic checkpoints.
 
 Results are written in the instances' order, whatever order images finish in, and each
@@ -37,14 +37,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
+from edgenet.components import (  # noqa: F401 - re-exported: edgenet.pipeline API
+    Components,
+    load_components,
+    load_pack,
+)
 from edgenet.constants import (
-    CATEGORY_TO_LABEL,
     DEFAULT_DETECTION_THRESHOLD_FOR_CLASSIFICATION,
     DEFAULT_MAX_CLASSIFICATIONS_PER_DETECTION,
-    NUM_CLASSIFICATIONS_FOR_ENSEMBLE,
     Failure,
 )
 from edgenet.decode_workers import (  # noqa: F401 - re-exported: edgenet.pipeline API
@@ -59,12 +61,20 @@ from edgenet.errors import EdgenetError, InputError
 from edgenet.errors import warn as _warn
 from edgenet.predictions import Checkpointer, make_predictions_dict
 from edgenet.result_transfer import drop_frame
+from edgenet.results import (  # noqa: F401 - re-exported: edgenet.pipeline API
+    build_classifier_result,
+    failure_result,
+    num_classes_to_compute,
+    select_detections_for_classification,
+    whole_image_detection,
+)
 from edgenet.run_defaults import (  # noqa: F401 - re-exported: edgenet.pipeline API
     _fix_batch_shapes,
     _on_accelerator,
     _overlap_stages,
     _set_device_pixels,
     accelerated_device,
+    classifier_batch,
     default_batch_size,
     default_workers,
 )
@@ -125,247 +135,6 @@ class PipelineConfig:
     handle_signals: bool = True
     geolocate: Callable[[dict], dict | None] | None = None
     on_image_done: Callable[[str, dict], None] | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# Result builders (speciesnet 5.0.6 shapes)
-# --------------------------------------------------------------------------------------------
-
-
-def whole_image_detection() -> dict:
-    """The category "0" pseudo-detection that whole-image classifications are attached to."""
-    return {
-        "category": "0",
-        "label": CATEGORY_TO_LABEL["0"],
-        "conf": 1.0,
-        "bbox": [0.0, 0.0, 1.0, 1.0],
-    }
-
-
-def select_detections_for_classification(
-    detections: list[dict], threshold: float, max_classifications: int | None = None
-) -> list[int]:
-    """Indices of detections to classify: conf >= threshold, top `max` by conf, ascending.
-
-    Delegates to `edgenet.classifier` when it provides the function (one definition), and
-    otherwise applies the reference's rule here.
-    """
-    try:
-        from edgenet.classifier import select_detections_for_classification as select
-    except ImportError:
-        select = None
-    if select is not None:
-        return list(select(detections, threshold, max_classifications))
-    indices = [i for i, det in enumerate(detections) if det["conf"] >= threshold]
-    if max_classifications is not None and max_classifications >= 0:
-        indices = sorted(indices, key=lambda i: detections[i]["conf"], reverse=True)
-        indices = sorted(indices[:max_classifications])
-    return indices
-
-
-def failure_result(filepath: str, failure: Failure) -> dict:
-    """`{"filepath", "failures": [NAME]}`, what a failed component reports."""
-    return {"filepath": filepath, "failures": [failure.name]}
-
-
-def build_classifier_result(
-    filepath: str,
-    classifications: list[dict] | None,
-    detections: list[dict] | None,
-    indices: list[int],
-    whole_image: bool,
-) -> dict:
-    """Attach raw classifications to their detections, as the reference's helper does.
-
-    `classifications` None means the classifier failed for this image.
-    """
-    if classifications is None:
-        return failure_result(filepath, Failure.CLASSIFIER)
-    if whole_image:
-        if len(classifications) != 1:
-            return failure_result(filepath, Failure.CLASSIFIER)
-        return {
-            "filepath": filepath,
-            "detections": [{**whole_image_detection(), "raw_classifications": classifications[0]}],
-        }
-    if detections is None:
-        return failure_result(filepath, Failure.CLASSIFIER)
-    if len(classifications) != len(indices):
-        return failure_result(filepath, Failure.CLASSIFIER)
-    out = [dict(det) for det in detections]
-    for idx, cls in zip(indices, classifications, strict=True):
-        out[idx]["raw_classifications"] = cls
-    return {"filepath": filepath, "detections": out}
-
-
-def num_classes_to_compute(max_classifications_per_detection: int | None) -> int | None:
-    """Top classes to keep per crop: at least what the ensemble needs (None = all)."""
-    if max_classifications_per_detection is None:
-        return None
-    return max(max_classifications_per_detection, NUM_CLASSIFICATIONS_FOR_ENSEMBLE)
-
-
-# --------------------------------------------------------------------------------------------
-# Component loading
-# --------------------------------------------------------------------------------------------
-
-
-def load_pack(model: str | os.PathLike | None) -> Any:
-    """The model pack at `model`, or at the default location, with a helpful error."""
-    from edgenet.pack import ModelPack, default_pack_dir
-
-    path = Path(model) if model else Path(default_pack_dir())
-    if not path.exists():
-        where = "--model" if model else "the default pack location"
-        raise EdgenetError(
-            f"no model pack at {where}",
-            path=path,
-            fix="get one with `edgenet models pull` (real weights; needs internet), convert a "
-            "SpeciesNet model folder with `edgenet convert pack SRC DST`, or try the synthetic "
-            "demo with `edgenet demo`; then pass --model DST or set EDGENET_HOME",
-        )
-    return ModelPack.load(path)
-
-
-def _runs_on_cpu(model: Any) -> bool:
-    """True when MODEL's session runs on onnxruntime's own CPU provider."""
-    from edgenet.providers import session_device
-
-    session = getattr(model, "session", None)
-    return session is not None and session_device(session) == "cpu"
-
-
-def _pack_variant(pack: Any, precision: str) -> Any:
-    """The pack's files for a precision (fp32 is the pack itself)."""
-    variant = getattr(pack, "variant", None)
-    if variant is None:
-        return pack
-    return variant(precision)  # also verifies the model files' checksums
-
-
-def _attr(obj: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(obj, dict) and name in obj:
-            return obj[name]
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    return None
-
-
-@dataclass
-class Components:
-    """The models a mode needs (None for the others) and the classifier type."""
-
-    detector: Any = None
-    classifier: Any = None
-    ensemble: Any = None
-    whole_image: bool = False
-    model_version: str | None = None
-    detector_name: str | None = None
-    load_seconds: float = 0.0
-
-
-def load_components(config: PipelineConfig) -> Components:
-    """Build the models the mode needs, reusing any injected ones."""
-    start = time.perf_counter()
-    mode = config.mode
-    need_detector = mode in ("full", "detector")
-    need_classifier = mode in ("full", "classifier")
-    need_ensemble = mode in ("full", "ensemble")
-    comps = Components(
-        detector=config.detector, classifier=config.classifier, ensemble=config.ensemble
-    )
-    missing = (
-        (need_detector and comps.detector is None)
-        or (need_classifier and comps.classifier is None)
-        or (need_ensemble and comps.ensemble is None)
-        or config.whole_image is None
-    )
-    pack = config.pack
-    if missing and pack is None:
-        pack = load_pack(config.model)
-    files = _pack_variant(pack, config.precision) if pack is not None else None
-    if config.whole_image is not None:
-        comps.whole_image = bool(config.whole_image)
-    elif pack is not None:
-        comps.whole_image = _attr(pack, "type", "type_") == "full_image"
-    if pack is not None:
-        comps.model_version = _attr(pack, "version")
-        detector_path = _attr(files, "detector")
-        comps.detector_name = Path(detector_path).name if detector_path else None
-    classifier_session = None
-    from edgenet.providers import make_session
-
-    def open_session(role: str) -> Any:
-        # The CPU arena only at batch 1 (providers.make_session says why).
-        rows = config.batch_size if role == "detector" else classifier_batch(config)
-        return make_session(_attr(files, role), config.device, config.threads,
-                            config.precision, rows == 1)
-
-    if need_classifier and comps.classifier is None and need_detector and comps.detector is None:
-        # Both sessions at once: building one is mostly single-threaded graph optimisation
-        # (~4 s each for the full-size models) and releases the GIL, so on two or more cores the
-        # classifier's costs no wall time beside the detector's (cold start, benchmarks/NOTES.md).
-        # An error surfaces from `.result()` below, still before any image is touched.
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(1, thread_name_prefix="edgenet-session")
-        classifier_session = pool.submit(open_session, "classifier")
-        pool.shutdown(wait=False)
-    try:
-        if need_detector and comps.detector is None:
-            from edgenet.detector import DetectorModel
-
-            comps.detector = DetectorModel(
-                _attr(files, "detector"),
-                device=config.device,
-                threads=config.threads,
-                precision=config.precision,
-                session=open_session("detector"),
-            )
-    except BaseException:
-        if classifier_session is not None:  # the detector's error is the one to report
-            from concurrent.futures import wait
-
-            wait([classifier_session])
-        raise
-    session = classifier_session.result() if classifier_session is not None else None
-    if need_classifier and comps.classifier is None:
-        from edgenet.classifier import ClassifierModel
-
-        labels = _attr(pack, "labels")
-        if labels is None:
-            labels = _attr(pack, "classifier_labels")
-        if session is None:
-            session = open_session("classifier")
-        comps.classifier = ClassifierModel(
-            _attr(files, "classifier"),
-            labels,
-            device=config.device,
-            threads=config.threads,
-            precision=config.precision,
-            target_species_txt=config.target_species_txt,
-            session=session,
-        )
-    if config.precision == "int8" and any(
-        _runs_on_cpu(m) for m in (comps.detector, comps.classifier)
-    ):
-        from edgenet.run_defaults import int8_cpu_warning
-
-        message = int8_cpu_warning()
-        if message:
-            _warn(message)
-    if need_ensemble and comps.ensemble is None:
-        from edgenet.ensemble import Ensemble
-
-        comps.ensemble = Ensemble(
-            _attr(pack, "taxonomy"),
-            _attr(pack, "geofence"),
-            _attr(pack, "version"),
-            geofence=config.geofence,
-        )
-    comps.load_seconds = time.perf_counter() - start
-    return comps
 
 
 # --------------------------------------------------------------------------------------------
@@ -1023,11 +792,6 @@ class PipelineRun:
             "workers": self.config.workers,
             "whole_image": self.whole_image,
         }
-
-
-def classifier_batch(config: PipelineConfig) -> int:
-    """Crops per classifier batch: `classifier_batch_size`, else `batch_size`."""
-    return config.classifier_batch_size or config.batch_size
 
 
 def _pop_finished(waiting: deque[_Item]) -> Iterator[_Item]:

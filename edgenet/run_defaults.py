@@ -129,3 +129,9 @@ def int8_cpu_warning(flags: list[str] | None = None, machine: str | None = None)
     return ("this x86 CPU has no VNNI: the int8 pack's uint8 x int8 products can saturate "
             "here, so accuracy may be below its fidelity report; compare with --precision fp32 "
             "on a few images before relying on it")
+
+
+def classifier_batch(config: Any) -> int:
+    """Crops per classifier batch of a `PipelineConfig`: `classifier_batch_size`, else
+    `batch_size`."""
+    return config.classifier_batch_size or config.batch_size
