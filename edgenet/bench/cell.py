@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgenet.bench.machine import nvidia_smi_rows
 from edgenet.bench.stages import STAGES
 from edgenet.errors import EdgenetError
 
@@ -203,20 +204,13 @@ class TreeMonitor:
 
 def gpu_memory_mb(pids: Iterable[int]) -> float | None:
     """GPU memory used by these processes (NVIDIA only, via nvidia-smi), or None."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory",
-             "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
+    rows = nvidia_smi_rows(["--query-compute-apps=pid,used_memory",
+                            "--format=csv,noheader,nounits"], timeout=5)
+    if rows is None:
         return None
     want = set(pids)
     used = 0.0
-    for line in out.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
+    for parts in rows:
         if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) in want:
             with contextlib.suppress(ValueError):
                 used += float(parts[1])

@@ -27,21 +27,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _gpus() -> list[dict[str, str]]:
+def nvidia_smi_rows(query: list[str], timeout: float) -> list[list[str]] | None:
+    """The CSV rows `nvidia-smi QUERY` prints, split into stripped fields; None where
+    nvidia-smi is missing or fails (no NVIDIA GPU, no driver)."""
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-             "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10,
-        )
+        out = subprocess.run(["nvidia-smi", *query], capture_output=True, text=True,
+                             timeout=timeout)
     except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in out.stdout.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            gpus.append({"name": parts[0], "memory": parts[1], "driver": parts[2]})
-    return gpus
+        return None
+    if out.returncode != 0:
+        return None
+    return [[p.strip() for p in line.split(",")] for line in out.stdout.strip().splitlines()]
+
+
+def _gpus() -> list[dict[str, str]]:
+    rows = nvidia_smi_rows(["--query-gpu=name,memory.total,driver_version",
+                            "--format=csv,noheader"], timeout=10) or []
+    return [{"name": r[0], "memory": r[1], "driver": r[2]} for r in rows if len(r) == 3]
 
 
 def machine_info() -> dict[str, Any]:
