@@ -144,8 +144,9 @@ def run(
     ] = 2,
     batch_size: Annotated[
         int | None,
-        typer.Option(help="Images per detector batch and crops per classifier batch "
-                          "(default: 8 on a GPU, 1 on the CPU, where it is faster)."),
+        typer.Option(help="Images per detector batch, and crops per classifier batch unless "
+                          "--classifier-batch-size says otherwise (default: 8 on a GPU, 1 on "
+                          "the CPU, where it is faster)."),
     ] = None,
     classifier_batch_size: Annotated[
         int | None,
