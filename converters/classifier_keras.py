@@ -34,7 +34,7 @@ from converters.efficientnet import (
     set_onnx_metadata,
     sha256_file,
 )
-from edgenet.errors import EdgenetError
+from converters.errors import ConvertError
 
 MAX_TF2ONNX_OPSET = 18
 
@@ -42,10 +42,6 @@ MAX_TF2ONNX_OPSET = 18
 _EXIT_LOAD_FAILED = 3
 #: Exit code of the child when the converted graph is out of tolerance.
 _EXIT_FIDELITY = 4
-
-
-class ConversionError(EdgenetError):
-    """A model could not be converted, or the converted graph does not match its source."""
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -88,7 +84,7 @@ def detect_keras_format(src: Path) -> str:
     if src.is_dir():
         if (src / "saved_model.pb").exists() or (src / "saved_model.pbtxt").exists():
             return "savedmodel"
-        raise ConversionError(
+        raise ConvertError(
             "directory is not a TensorFlow SavedModel (no saved_model.pb)", path=src,
             fix="pass a .keras or .h5 file, or a SavedModel directory",
         )
@@ -112,7 +108,7 @@ def detect_keras_format(src: Path) -> str:
         except Exception:  # noqa: BLE001 - unreadable attrs: assume the common Keras 2 case
             version = "2"
         return "keras3" if version.startswith("3") else "keras2"
-    raise ConversionError(
+    raise ConvertError(
         "not a Keras model file (neither a .keras zip nor an HDF5 .h5)", path=src,
         fix="pass the classifier file from a SpeciesNet Keras download (.keras/.h5/SavedModel)",
     )
@@ -129,17 +125,17 @@ def convert_keras_classifier(
 
     Output graph: input `input` (N, 480, 480, 3) float32 NHWC in [0, 1], N dynamic; output
     `logits` (N, num_labels). Verified against the source model on random tensors and real
-    crops before `dst_onnx` appears (written atomically); raises ConversionError beyond
+    crops before `dst_onnx` appears (written atomically); raises ConvertError beyond
     tolerance. Returns the fidelity report (also stored in the ONNX metadata_props).
     """
     src = Path(src)
     dst_onnx = Path(dst_onnx)
     if not src.exists():
-        raise ConversionError("classifier file not found", path=src,
-                              fix="check the path to the .keras/.h5/SavedModel")
+        raise ConvertError("classifier file not found", path=src,
+                           fix="check the path to the .keras/.h5/SavedModel")
     if not 1 <= opset <= MAX_TF2ONNX_OPSET:
-        raise ConversionError(f"opset {opset} is not supported by tf2onnx (max 18)", path=src,
-                              fix="use --opset 17 (default) or 18")
+        raise ConvertError(f"opset {opset} is not supported by tf2onnx (max 18)", path=src,
+                           fix="use --opset 17 (default) or 18")
     fmt = detect_keras_format(src)
     order = {"keras3": [False, True], "keras2": [True, False], "savedmodel": [False, True]}[fmt]
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +154,7 @@ def convert_keras_classifier(
             which = "tf_keras (Keras 2)" if legacy else "Keras 3"
             if proc.returncode == _EXIT_FIDELITY:
                 report = json.loads(report_path.read_text())
-                raise ConversionError(
+                raise ConvertError(
                     "converted ONNX does not match the Keras model: "
                     + "; ".join(report.get("failures", [])),
                     path=src,
@@ -171,7 +167,7 @@ def convert_keras_classifier(
         else:
             proc = None
         if proc is None or proc.returncode != 0:
-            raise ConversionError(
+            raise ConvertError(
                 "could not convert the Keras classifier:\n" + "\n".join(attempts), path=src,
                 fix="install the convert extra (tensorflow-cpu, tf2onnx; tf-keras for Keras 2 "
                 "files: pip install --no-deps tf-keras) and check the file is not truncated",
@@ -219,8 +215,8 @@ def tf_callable_to_onnx(fn: Any, opset: int) -> Any:
     proto, _ = tf2onnx.convert.from_function(func, input_signature=spec, opset=opset)
     graph = proto.graph
     if len(graph.output) != 1:
-        raise ConversionError(f"expected one model output, found {len(graph.output)}",
-                              fix="pass the SpeciesNet classifier (single logits output)")
+        raise ConvertError(f"expected one model output, found {len(graph.output)}",
+                           fix="pass the SpeciesNet classifier (single logits output)")
     old_out = graph.output[0].name
     if old_out != ONNX_OUTPUT_NAME:
         for node in graph.node:

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from converters.classifier_keras import ConversionError, run_child
+from converters.classifier_keras import run_child
 from converters.efficientnet import (
     FP32_REL_TOLERANCE,
     IMG_SIZE,
@@ -37,6 +37,7 @@ from converters.efficientnet import (
     set_onnx_metadata,
     sha256_file,
 )
+from converters.errors import ConvertError
 
 _EXIT_LOAD_FAILED = 3
 _EXIT_FIDELITY = 4
@@ -53,17 +54,17 @@ def convert_torch_classifier(
 
     Output graph: input `input` (N, 480, 480, 3) float32 NHWC, N dynamic; output `logits`
     (N, num_labels). `dst_onnx` appears only after torch and onnxruntime agree within
-    tolerance on random tensors and real crops; otherwise ConversionError. Returns the
+    tolerance on random tensors and real crops; otherwise ConvertError. Returns the
     fidelity report (also stored in the ONNX metadata_props).
     """
     src_pt = Path(src_pt)
     dst_onnx = Path(dst_onnx)
     if not src_pt.is_file():
-        raise ConversionError("classifier file not found", path=src_pt,
-                              fix="check the path to the SpeciesNet .pt file")
+        raise ConvertError("classifier file not found", path=src_pt,
+                           fix="check the path to the SpeciesNet .pt file")
     if not 7 <= opset <= 21:
-        raise ConversionError(f"opset {opset} is not supported", path=src_pt,
-                              fix="use --opset 17 (default)")
+        raise ConvertError(f"opset {opset} is not supported", path=src_pt,
+                           fix="use --opset 17 (default)")
     dst_onnx.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst_onnx.parent, prefix=".tconv-") as td:
         report_path = Path(td) / "report.json"
@@ -75,7 +76,7 @@ def convert_torch_classifier(
         proc = run_child("converters.classifier_torch", args)
         if proc.returncode == _EXIT_FIDELITY:
             report = json.loads(report_path.read_text())
-            raise ConversionError(
+            raise ConvertError(
                 "converted ONNX does not match the PyTorch model: "
                 + "; ".join(report.get("failures", [])),
                 path=src_pt,
@@ -86,7 +87,7 @@ def convert_torch_classifier(
             what = ("could not load the .pt (needs torch and onnx2torch; it must be a whole "
                     "pickled module)" if proc.returncode == _EXIT_LOAD_FAILED
                     else "could not convert the PyTorch classifier")
-            raise ConversionError(
+            raise ConvertError(
                 what + ":\n" + "\n".join(lines), path=src_pt,
                 fix="install the convert extra (torch, onnx2torch, onnx) and check the file is "
                 "the SpeciesNet classifier .pt, not truncated",

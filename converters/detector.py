@@ -32,12 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edgenet.errors import EdgenetError
-
-
-class DetectorConversionError(EdgenetError):
-    """The ONNX export of a detector failed or does not reproduce the source model."""
-
+from converters.errors import ConvertError
 
 # Relative tolerance on raw outputs: box differences relative to the input extent (max(H, W)
 # px) and score differences (scores lie in [0, 1]) must stay below it. Why 1e-4: fp32 itself
@@ -246,7 +241,7 @@ def raw_diff(ref: np.ndarray, test: np.ndarray, extent: float | None = None
     ref = np.asarray(ref, np.float64)
     test = np.asarray(test, np.float64)
     if ref.shape != test.shape:
-        raise DetectorConversionError(f"output shapes differ: {ref.shape} vs {test.shape}")
+        raise ConvertError(f"output shapes differ: {ref.shape} vs {test.shape}")
     d = np.abs(ref - test)
     extent = float(extent or max(1.0, float(np.abs(ref[..., :4]).max(initial=1.0))))
     box, conf = float(d[..., :4].max(initial=0.0)), float(d[..., 4:].max(initial=0.0))
@@ -477,7 +472,7 @@ def convert_detector(src_pt: Path, dst_onnx: Path, *, opset: int = 17,
     Input `images` (N, 3, H, W) float32 in [0, 1], N/H/W dynamic (H, W multiples of 64 as the
     letterbox produces); output `predictions` (N, rows, 5 + nc) as yolov5's `model(x)[0]`.
     `check_images` default to a few of ../shared/images (none: random tensors only). The file
-    at `dst_onnx` is written only if the check passes (else DetectorConversionError).
+    at `dst_onnx` is written only if the check passes (else ConvertError).
     `use_yolov5` loads with the yolov5 package's classes; `compare_with_yolov5` (default: when
     the package is importable) also checks our modules against the package's.
     """
@@ -502,7 +497,7 @@ def convert_detector(src_pt: Path, dst_onnx: Path, *, opset: int = 17,
         try:
             export_onnx(model, tmp, opset)
         except Exception as err:  # noqa: BLE001 - exporter failures are reported, not traced
-            raise DetectorConversionError(
+            raise ConvertError(
                 f"ONNX export failed ({type(err).__name__}: {err})", path=src_pt,
                 fix="report this with the checkpoint's origin; try another --opset") from err
         export_s = time.time() - t0
@@ -543,7 +538,7 @@ def convert_detector(src_pt: Path, dst_onnx: Path, *, opset: int = 17,
             "num_classes": nc,
         })
         if not report["passed"]:
-            raise DetectorConversionError(
+            raise ConvertError(
                 "the ONNX graph does not reproduce the checkpoint: " + "; ".join(
                     report["failures"]), path=src_pt,
                 fix="nothing was written; check the torch/onnxruntime versions and report it")
@@ -556,5 +551,5 @@ def convert_detector(src_pt: Path, dst_onnx: Path, *, opset: int = 17,
             tmp.unlink()
 
 
-__all__ = ["DetectorConversionError", "compare_detections", "convert_detector", "export_onnx",
+__all__ = ["ConvertError", "compare_detections", "convert_detector", "export_onnx",
            "letterbox_rgb", "raw_diff", "to_nchw", "torch_nms", "verify", "yolov5_nms"]

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from converters.errors import ConvertError
 from edgenet.errors import EdgenetError, PackError
 
 PACK_FORMAT = 1
@@ -46,10 +47,6 @@ FIDELITY_NAME = "fidelity.json"
 TWIN_REL_TOLERANCE = 1e-3
 
 LogFn = Callable[[str], None]
-
-
-class ConvertError(EdgenetError):
-    """A conversion could not be done or did not pass its checks; nothing was written."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from converters.classifier_keras import ConversionError, run_child
+from converters.classifier_keras import run_child
 from converters.efficientnet import (
     IMG_SIZE,
     build_classifier,
@@ -39,6 +39,7 @@ from converters.efficientnet import (
     generated_crops,
     load_crops,
 )
+from converters.errors import ConvertError
 
 #: Median top-1 softmax the head is scaled to on the calibration images.
 TARGET_MEDIAN_TOP1 = 0.6
@@ -48,9 +49,9 @@ CALIB_BATCH = {"tiny": 16, "full": 8}
 DRIFT_IMAGES = {"tiny": 4, "full": 2}
 
 
-def _stage_failed(stage: str, proc: Any) -> ConversionError:
+def _stage_failed(stage: str, proc: Any) -> ConvertError:
     lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-25:]
-    return ConversionError(
+    return ConvertError(
         f"synthetic classifier stage '{stage}' failed (exit {proc.returncode}):\n"
         + "\n".join(lines),
         fix="install the convert extra (tensorflow-cpu, tf-keras, tf2onnx, torch, onnx2torch)",
@@ -115,7 +116,7 @@ def build_synthetic_classifier(
         for key in ("h5_vs_keras", "pt_vs_keras"):
             problems = fidelity_failures(info[key]) if key in info else []
             if problems:
-                raise ConversionError(
+                raise ConvertError(
                     f"synthetic classifier: {key} out of tolerance: " + "; ".join(problems),
                     path=dst_dir, fix="report this; rerun with another --seed meanwhile",
                 )

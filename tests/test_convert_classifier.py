@@ -28,7 +28,6 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from converters.classifier_keras import (  # noqa: E402
-    ConversionError,
     convert_keras_classifier,
     detect_keras_format,
 )
@@ -39,6 +38,7 @@ from converters.efficientnet import (  # noqa: E402
     fidelity_failures,
     load_crops,
 )
+from converters.errors import ConvertError  # noqa: E402
 from converters.synth_classifier import build_synthetic_classifier  # noqa: E402
 from edgenet.errors import EdgenetError  # noqa: E402
 
@@ -119,20 +119,20 @@ def test_compare_logits_flags_real_differences() -> None:
 def test_detect_format_rejects_non_model(tmp_path: Path) -> None:
     bogus = tmp_path / "model.keras"
     bogus.write_bytes(b"not a model at all")
-    with pytest.raises(ConversionError) as err:
+    with pytest.raises(ConvertError) as err:
         detect_keras_format(bogus)
     assert isinstance(err.value, EdgenetError)
     assert "model.keras" in str(err.value)
-    with pytest.raises(ConversionError):
+    with pytest.raises(ConvertError):
         convert_keras_classifier(tmp_path / "missing.h5", tmp_path / "o.onnx")
-    with pytest.raises(ConversionError):
+    with pytest.raises(ConvertError):
         convert_torch_classifier(tmp_path / "missing.pt", tmp_path / "o.onnx")
 
 
 def test_torch_converter_rejects_non_module(tmp_path: Path) -> None:
     bad = tmp_path / "weights.pt"
     bad.write_bytes(b"\x80\x04garbage")
-    with pytest.raises(ConversionError) as err:
+    with pytest.raises(ConvertError) as err:
         convert_torch_classifier(bad, tmp_path / "o.onnx")
     assert "weights.pt" in str(err.value)
     assert not (tmp_path / "o.onnx").exists()

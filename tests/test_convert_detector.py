@@ -22,13 +22,13 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from converters.detector import (  # noqa: E402
-    DetectorConversionError,
     convert_detector,
     letterbox_rgb,
     load_rgb,
     to_nchw,
     yolov5_nms,
 )
+from converters.errors import ConvertError  # noqa: E402
 from converters.synth_detector import build_synthetic_megadetector  # noqa: E402
 from converters.yolo_modules import (  # noqa: E402
     CheckpointError,
@@ -199,7 +199,7 @@ def test_convert_refuses_a_wrong_graph(tiny: tuple[Path, dict], tmp_path: Path,
 
     monkeypatch.setattr(det_mod, "_export_module", shifted)
     dst = tmp_path / "bad.onnx"
-    with pytest.raises(DetectorConversionError, match="differ"):
+    with pytest.raises(ConvertError, match="differ"):
         convert_detector(tiny[0], dst, check_images=[])
     assert not dst.exists() and not list(tmp_path.iterdir())
 
