@@ -322,6 +322,7 @@ def test_bench_writes_json_markdown_and_png(tiny_pack: Path, tmp_path: Path) -> 
         assert st["decode_letterbox"] > 0 and st["detector"] > 0 and st["classifier"] > 0
         assert c["self_peak_rss_mb"] > 10
         assert c["first_image_s"] > 0
+        assert "classifier_alone" not in c  # crops were classified in the pipeline
     assert cells[1]["fidelity"] == "det R/P 0.97/0.95, top1 0.93, top5 0.88"
     assert cells[0]["fidelity"] == "reference (fp32)"
     assert saved["costs"]["detector"]["input_shapes"] == {"images": [1, 3, 960, 1280]}
@@ -402,6 +403,20 @@ def test_bench_without_model_uses_the_demo_pack_on_a_fresh_install(
     report = json.loads((out / "bench.json").read_text())
     assert Path(report["pack"]["path"]).resolve() == demo_pack_dir().resolve()
     assert report["cells"][0]["ok"] and (out / "bench.png").is_file()
+    # The synthetic demo detector finds nothing to classify on generated frames, so the
+    # pipeline's classifier stage stays at zero; the classifier is then timed alone, and the
+    # Markdown and the chart show it.
+    cell = report["cells"][0]
+    assert cell["counts"]["crops"] == 0 and cell["stage_ms_per_image"]["classifier"] == 0
+    alone = cell["classifier_alone"]
+    assert alone["ms_per_crop"] > 0 and alone["batch"] == 1
+    assert alone["crop_shape"] == [480, 480, 3]
+    assert "the classifier alone took" in (out / "bench.md").read_text()
+    from PIL import Image
+
+    with Image.open(out / "bench.png") as im:
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    assert _near(colours, "classifier")
 
 
 def test_missing_variant_is_a_failed_cell_not_a_crash(tmp_path: Path) -> None:
