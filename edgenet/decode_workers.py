@@ -161,13 +161,18 @@ def _decode(job: DecodeJob) -> DecodeResult:
         return result
     t1 = time.perf_counter()
     result.timings["decode"] = t1 - t0
+    pixels = None  # one HWC uint8 copy, shared by the letterbox, the crops and the kept frame
     if job.letterbox:
         try:
-            import numpy as np
-
+            from edgenet.classifier import image_array
             from edgenet.detector import letterbox
 
-            result.letterboxed = letterbox(np.asarray(image))
+            pixels = image_array(image)
+            if not job.keep_image:
+                # PIL's own copy goes now: a worker then holds one frame, not two or three
+                # (benchmarks/NOTES.md entry 14); the crops take arrays as well.
+                image = None
+            result.letterboxed = letterbox(pixels)
         except Exception as err:  # noqa: BLE001 - reference: detector preprocess failure
             result.error = f"{type(err).__name__}: {err}"
             result.timings["letterbox"] = time.perf_counter() - t1
@@ -175,14 +180,15 @@ def _decode(job: DecodeJob) -> DecodeResult:
         result.timings["letterbox"] = time.perf_counter() - t1
     result.ok = True
     if job.crops is not None:
-        _add_crops(result, image, job.crops)
+        _add_crops(result, image if pixels is None else pixels, job.crops)
     if job.keep_image:
         result.image = image
     if job.keep_frame and job.transfer_dir:
         try:
             from edgenet.classifier import image_array
 
-            result.frame = save_frame(image_array(image), job.transfer_dir)
+            result.frame = save_frame(image_array(image) if pixels is None else pixels,
+                                      job.transfer_dir)
         except Exception:  # noqa: BLE001 - only an optimisation: the crop job decodes again
             result.frame = None
     return result

@@ -198,8 +198,12 @@ def load_rgb_image(
                     fix="raise EDGENET_MAX_IMAGE_PIXELS if this image is genuine",
                 )
             img.load()
-            rgb = img.convert("RGB")
-            rgb = PIL.ImageOps.exif_transpose(rgb)
+            # The reference converts to RGB, then applies the EXIF orientation, and each step
+            # copies the pixels. Same pixels, fewer copies (a decode worker's peak then holds
+            # one frame, not three: benchmarks/NOTES.md entry 14): convert only what is not
+            # RGB already, and orient in place the image this function owns.
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            PIL.ImageOps.exif_transpose(rgb, in_place=True)
         except ImageLoadError:
             img.close()
             raise

@@ -58,14 +58,17 @@ def default_workers(accelerated: bool) -> int:
     2-core CPU (51 images, tiny synthetic pack): one worker was slower (97 s) than in-process
     decoding (87 s): the worker competes with onnxruntime's threads, which need the cores.
     On a GPU the models leave the CPU free and decoding, letterboxing and cutting crops are
-    what feeds the device (~40 + 10 ms per 3 MP image, ~15 ms per crop, plus a second decode
-    for the crops: benchmarks/NOTES.md entry 8), so all cores but two (the pipeline's own
-    threads) decode, up to 16.
+    what feeds the device, so up to 8 workers, leaving two cores to the pipeline's own
+    threads. Why 8 and not every core: on the H100 (benchmarks/NOTES.md entry 9) 8 workers
+    ran the 336 images as fast as 14 or 15 (21.1 s vs 20.9 and 21.4), each worker holds
+    ~110-140 MB of RSS (entry 14), and since one decode per image (entry 11) ~170 ms of worker
+    CPU per 3 MP image lets 8 workers feed ~47 images/s, twice what that run reached.
+    `--workers N` overrides it for bigger frames or a faster device.
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpus = cpus or 1
     if accelerated:
-        return max(1, min(16, cpus - 2))
+        return max(1, min(8, cpus - 2))
     return 0 if cpus <= 2 else min(4, max(1, cpus // 4))
 
 

@@ -275,10 +275,15 @@ def test_a_worker_killed_by_one_job_is_retried_not_abandoned(tiny, baseline, mon
     assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
 
 
-def test_default_workers() -> None:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert pipeline.default_workers(accelerated=True) == max(1, min(16, (cpus or 1) - 2))
-    assert pipeline.default_workers(accelerated=False) <= 4
+@pytest.mark.parametrize(("cores", "on_gpu", "on_cpu"),
+                         [(1, 1, 0), (2, 1, 0), (4, 2, 1), (10, 8, 2), (16, 8, 4), (64, 8, 4)])
+def test_default_workers(cores, on_gpu, on_cpu, monkeypatch) -> None:
+    from edgenet import run_defaults
+
+    monkeypatch.setattr(run_defaults.os, "sched_getaffinity", lambda _pid: set(range(cores)),
+                        raising=False)
+    assert pipeline.default_workers(accelerated=True) == on_gpu
+    assert pipeline.default_workers(accelerated=False) == on_cpu
     assert pipeline.accelerated_device("cpu") is False
 
 
