@@ -95,10 +95,15 @@ def _checked_images(letterboxed: Sequence[np.ndarray]) -> list[np.ndarray]:
     return arrays
 
 
-def stack_pixels(letterboxed: Sequence[np.ndarray]) -> np.ndarray:
+def stack_pixels(letterboxed: Sequence[np.ndarray], rows: int | None = None) -> np.ndarray:
     """Equal-shaped letterboxed HWC uint8 images -> one NHWC uint8 batch: the detector's
-    input when it converts pixels itself (`unit_float_model_bytes`)."""
-    return np.stack(_checked_images(letterboxed))
+    input when it converts pixels itself (`unit_float_model_bytes`); ROWS as in `to_tensor`
+    (zero pixels convert to the zero rows `to_tensor` writes)."""
+    arrays = _checked_images(letterboxed)
+    out = np.zeros((max(len(arrays), rows or 0), *arrays[0].shape), dtype=np.uint8)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
 
 
 def unit_float_model_bytes(float16: bool = False) -> bytes:
@@ -134,11 +139,15 @@ def unit_float_model_bytes(float16: bool = False) -> bytes:
                  [tensor("d255", np.array(255, np.float32), FLOAT)])
 
 
-def to_tensor(letterboxed: Sequence[np.ndarray]) -> np.ndarray:
-    """Equal-shaped letterboxed HWC uint8 images -> NCHW float32 in [0, 1], as the reference."""
+def to_tensor(letterboxed: Sequence[np.ndarray], rows: int | None = None) -> np.ndarray:
+    """Equal-shaped letterboxed HWC uint8 images -> NCHW float32 in [0, 1], as the reference.
+
+    ROWS (>= the number of images): the batch is that many rows, the extra ones zero, which is
+    what a fixed-size batch needs (`providers.run_fixed_batches` then pads nothing)."""
     arrays = _checked_images(letterboxed)
     h, w, _ = arrays[0].shape
-    out = np.empty((len(arrays), 3, h, w), dtype=np.float32)
+    out = np.empty((max(len(arrays), rows or 0), 3, h, w), dtype=np.float32)
+    out[len(arrays):] = 0.0
     for i, a in enumerate(arrays):
         # float32 division of the integer values is correctly rounded, hence bit-equal to the
         # reference's float64 `/ 255` rounded to float32 (all 256 values checked in
@@ -243,8 +252,14 @@ class DetectorModel:
 
     def to_tensor(self, letterboxed: Sequence[np.ndarray]) -> np.ndarray:
         """Equal-shaped letterboxed images -> the model's input batch: NCHW float32 (module
-        `to_tensor`), or NHWC uint8 pixels when `device_pixels` is set."""
-        return stack_pixels(letterboxed) if self.device_pixels else to_tensor(letterboxed)
+        `to_tensor`), or NHWC uint8 pixels when `device_pixels` is set. With `fixed_batch`,
+        a partial batch comes out at that size with zero rows (built in place: no padded copy
+        later); callers read the first len(letterboxed) rows of the output."""
+        rows = self.fixed_batch if self.fixed_batch and len(letterboxed) < self.fixed_batch \
+            else None
+        if self.device_pixels:
+            return stack_pixels(letterboxed, rows)
+        return to_tensor(letterboxed, rows)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Raw predictions (N, rows, 5 + classes) as float32 for an NCHW float batch or, from

@@ -668,7 +668,7 @@ class PipelineRun:
         # With overlap (GPU providers), three threads: decode results + batching + input
         # tensors | detector runs + NMS + crops | classifier + ensemble (the caller's).
         batches = self._ahead(self._detector_stage(self._decode_stage(executor, items, job)),
-                              "edgenet-decode", maxsize=2)
+                              "edgenet-decode", maxsize=1)
         detected = self._detector_runs(batches)
         if mode == "detector":
             return detected

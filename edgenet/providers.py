@@ -88,10 +88,13 @@ def run_fixed_batches(run: Any, x: np.ndarray, size: int) -> np.ndarray:
     for start in range(0, len(x), size):
         chunk = x[start:start + size]
         n = len(chunk)
-        if n < size:
-            pad = np.zeros((size - n, *chunk.shape[1:]), dtype=chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
+        if n < size:  # one allocation: a detector batch is ~120-160 MB at 1280 px
+            padded = np.zeros((size, *chunk.shape[1:]), dtype=chunk.dtype)
+            padded[:n] = chunk
+            chunk = padded
         outs.append(np.asarray(run(chunk))[:n])
+    if len(outs) == 1:
+        return outs[0]
     return np.concatenate(outs) if outs else np.asarray(run(x))
 
 

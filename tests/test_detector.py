@@ -247,6 +247,25 @@ def test_detector_infers_the_same_from_pixels(tmp_path: Path, fp16: bool) -> Non
     assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("device_pixels", [False, True])
+def test_partial_fixed_batch_is_built_at_full_size(tmp_path: Path, device_pixels: bool) -> None:
+    # With a fixed batch (GPU providers), a partial batch's input comes out at the fixed size
+    # with zero rows, so nothing is padded (copied) later; the real rows' outputs are the same
+    # bytes as without fixed batches.
+    table, mask = _raw_table()
+    model = DetectorModel(_tiny_detector(tmp_path / "det.onnx", table, mask, False), device="cpu")
+    boxed = [model.preprocess(PIL.Image.new("RGB", (1600, 1200), c))
+             for c in ((0, 0, 0), (90, 20, 200))]
+    want = model.infer(model.to_tensor(boxed))
+    model.device_pixels, model.fixed_batch = device_pixels, 5
+    x = model.to_tensor(boxed)
+    assert x.shape[0] == 5 and not x[2:].any()
+    got = model.infer(x)
+    assert got.shape[0] == 5 and got[:2].tobytes() == want.tobytes()
+    model.fixed_batch = 2  # a full batch: no extra rows
+    assert model.to_tensor(boxed).shape[0] == 2
+
+
 def test_detector_drops_unknown_classes(tmp_path: Path) -> None:
     # A 4-class head: class index 3 would be category "4", which speciesnet skips.
     table = np.array(

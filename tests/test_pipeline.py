@@ -298,9 +298,14 @@ def test_run_fixed_batches_pads_and_trims() -> None:
         seen.append(len(x))
         return x * 2
 
-    x = np.arange(7 * 2, dtype=np.float32).reshape(7, 2)
-    out = run_fixed_batches(double, x, 3)
+    x = np.arange(7 * 2, dtype=np.float32).reshape(7, 2) + 1
+    padded: list[np.ndarray] = []
+    out = run_fixed_batches(lambda c: padded.append(c.copy()) or double(c), x, 3)
     assert seen == [3, 3, 3] and np.array_equal(out, x * 2)
+    assert np.array_equal(padded[-1], [x[6], [0, 0], [0, 0]])  # the last batch, zero-padded
+    seen.clear()
+    one = run_fixed_batches(double, x[:2], 3)  # a single padded batch: its two real rows
+    assert seen == [3] and np.array_equal(one, x[:2] * 2)
     with pytest.raises(ValueError):
         run_fixed_batches(double, x, 0)
 
