@@ -140,6 +140,7 @@ def run_decode_job(job: DecodeJob) -> DecodeResult:
 
 
 def _decode(job: DecodeJob) -> DecodeResult:
+    from edgenet.classifier import image_array
     from edgenet.images import load_rgb_image
 
     result = DecodeResult(filepath=job.filepath)
@@ -164,14 +165,11 @@ def _decode(job: DecodeJob) -> DecodeResult:
     pixels = None  # one HWC uint8 copy, shared by the letterbox, the crops and the kept frame
     if job.letterbox:
         try:
-            from edgenet.classifier import image_array
             from edgenet.detector import letterbox
 
             pixels = image_array(image)
             if not job.keep_image:
-                # PIL's own copy goes now: a worker then holds one frame, not two or three
-                # (benchmarks/NOTES.md entry 14); the crops take arrays as well.
-                image = None
+                image = None  # the crops and the kept frame use the array: one copy, not two
             result.letterboxed = letterbox(pixels)
         except Exception as err:  # noqa: BLE001 - reference: detector preprocess failure
             result.error = f"{type(err).__name__}: {err}"
@@ -185,8 +183,6 @@ def _decode(job: DecodeJob) -> DecodeResult:
         result.image = image
     if job.keep_frame and job.transfer_dir:
         try:
-            from edgenet.classifier import image_array
-
             result.frame = save_frame(image_array(image) if pixels is None else pixels,
                                       job.transfer_dir)
         except Exception:  # noqa: BLE001 - only an optimisation: the crop job decodes again

@@ -68,7 +68,6 @@ def check_device(device: str, model_path: Path) -> dict:
 def _transfer_line() -> str:
     """How decode workers will hand back arrays here (edgenet/result_transfer.py)."""
     import os
-    import shutil
 
     from edgenet import result_transfer
 
@@ -78,7 +77,7 @@ def _transfer_line() -> str:
                if os.environ.get("EDGENET_DECODE_TRANSFER") == "pipe"
                else f"no writable {result_transfer.SHM}")
         return f"through the pipe ({why}); images with crops are decoded twice"
-    free = shutil.disk_usage(root).free
+    free = result_transfer.free_bytes(root)  # the measure the transfer itself uses
     frames = ("decoded frames kept for crops" if free > result_transfer.FRAME_HEADROOM
               else f"too little free there ({free / 2**20:.0f} MB) to keep decoded frames")
     return f"files in {root} ({free / 2**30:.1f} GB free; {frames})"

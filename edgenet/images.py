@@ -199,9 +199,9 @@ def load_rgb_image(
                 )
             img.load()
             # The reference converts to RGB, then applies the EXIF orientation, and each step
-            # copies the pixels. Same pixels, fewer copies (a decode worker's peak then holds
-            # one frame, not three: benchmarks/NOTES.md entry 14): convert only what is not
-            # RGB already, and orient in place the image this function owns.
+            # copies the pixels. Same pixels, fewer copies (this function then holds one frame,
+            # not three: 8 MP decodes 23% faster, benchmarks/NOTES.md entry 14): convert only
+            # what is not RGB already, and orient in place the image this function owns.
             rgb = img if img.mode == "RGB" else img.convert("RGB")
             PIL.ImageOps.exif_transpose(rgb, in_place=True)
         except ImageLoadError:

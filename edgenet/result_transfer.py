@@ -98,7 +98,8 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def _free_bytes(directory: str) -> int:
+def free_bytes(directory: str) -> int:
+    """Bytes an unprivileged writer can still put in DIRECTORY's file system."""
     st = os.statvfs(directory)
     return st.f_bavail * st.f_frsize
 
@@ -151,7 +152,7 @@ def spill(result: Any, directory: str) -> None:
     total = sum(arr.nbytes for _, arr in arrays)
     path = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex}.bin")
     try:
-        if _free_bytes(directory) < total + SPILL_HEADROOM:
+        if free_bytes(directory) < total + SPILL_HEADROOM:
             return  # a small /dev/shm (Docker: 64 MB) that is full now: the pipe, not a write
     except OSError:
         return
@@ -218,7 +219,7 @@ def save_frame(arr: Any, directory: str) -> tuple[str, tuple[int, ...]] | None:
     arr = np.ascontiguousarray(arr)
     path = os.path.join(directory, f"frame-{os.getpid()}-{uuid.uuid4().hex}.bin")
     try:
-        if (_free_bytes(directory) < 4 * arr.nbytes + FRAME_HEADROOM
+        if (free_bytes(directory) < 4 * arr.nbytes + FRAME_HEADROOM
                 or _frames_bytes(directory) + arr.nbytes > FRAME_BUDGET):
             return None
     except OSError:

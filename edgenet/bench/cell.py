@@ -122,13 +122,11 @@ def classifier_alone(classifier: Any, image_path: str, batch: int, repeats: int 
     ones with a synthetic pack, for instance), the pipeline's classifier stage never runs, and
     a bench that showed no classifier time would hide the second model's cost."""
     import numpy as np
-    from PIL import Image, ImageOps
 
     from edgenet.decode_workers import make_crops
+    from edgenet.images import load_rgb_image
 
-    with Image.open(image_path) as im:
-        rgb = ImageOps.exif_transpose(im).convert("RGB")
-    crops = make_crops(rgb, [[0.35, 0.35, 0.3, 0.3]] * max(1, batch))
+    crops = make_crops(load_rgb_image(image_path), [[0.35, 0.35, 0.3, 0.3]] * max(1, batch))
     classifier.infer(crops)  # warm-up: first run at this shape
     times = []
     for _ in range(max(1, repeats)):
@@ -167,7 +165,7 @@ def cell_main(spec_path: str, out_path: str) -> int:
         )
         if comps.classifier is not None and not warm.get("counts", {}).get("crops"):
             for image in spec.images:  # the first image that decodes
-                with contextlib.suppress(OSError, ValueError):
+                with contextlib.suppress(EdgenetError, OSError, ValueError):
                     result["classifier_alone"] = classifier_alone(comps.classifier, image,
                                                                   spec.batch_size)
                     break
