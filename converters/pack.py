@@ -185,7 +185,7 @@ def _child_main(spec_path: str, out_path: str) -> int:
     except EdgenetError as exc:
         Path(out_path).write_text(json.dumps({"error": str(exc)}), encoding="utf-8")
         return 2
-    Path(out_path).write_text(json.dumps({"value": _jsonable(value)}, default=str),
+    Path(out_path).write_text(json.dumps({"value": jsonable(value)}, default=str),
                               encoding="utf-8")
     return 0
 
@@ -447,7 +447,7 @@ def convert_pack(
         }
         if twin_reports:
             fid["classifier"]["keras_twins"] = twin_reports
-        fid_json = json.dumps(fidelity.finite(_jsonable(fid, strip=str(tmp))), indent=1,
+        fid_json = json.dumps(fidelity.finite(jsonable(fid, strip=str(tmp))), indent=1,
                               sort_keys=True)
         (tmp / FIDELITY_NAME).write_text(fid_json + "\n", encoding="utf-8")
         source = {
@@ -563,14 +563,15 @@ def _validate(pack_dir: Path) -> None:
         raise PackError(f"the converted pack does not load: {exc}", path=pack_dir) from None
 
 
-def _jsonable(obj: Any, strip: str | None = None) -> Any:
-    """JSON-friendly copy; paths inside the temp build folder STRIP become pack-relative."""
+def jsonable(obj: Any, strip: str | None = None) -> Any:
+    """JSON-friendly copy of a report (numpy scalars and arrays, Paths as their names); with
+    STRIP, paths inside that (temporary build) folder become relative to it."""
     import numpy as np
 
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v, strip) for k, v in obj.items()}
+        return {str(k): jsonable(v, strip) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v, strip) for v in obj]
+        return [jsonable(v, strip) for v in obj]
     if strip and isinstance(obj, str) and obj.startswith(strip):
         return obj[len(strip):].lstrip("/\\")
     if isinstance(obj, np.generic):

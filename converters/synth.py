@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from converters.pack import jsonable
 from edgenet.constants import Classification
 from edgenet.errors import EdgenetError
 
@@ -283,7 +284,7 @@ def synth_source_folder(
             SYNTH_KEY: {"size": size, "seed": seed, "labels": label_source,
                         "calibration_images": len(images), "report": "synth_report.json"},
         }
-        report = {"detector": _jsonable(det_info), "classifier": _jsonable(
+        report = {"detector": jsonable(det_info), "classifier": jsonable(
             {k: v for k, v in cls_info.items() if k != "paths"}),
                   "labels": label_source, "geofence_rules": len(geofence)}
         (tmp / "synth_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
@@ -300,16 +301,3 @@ def synth_source_folder(
     return dst
 
 
-def _jsonable(obj: Any) -> Any:
-    """Builder reports may hold numpy scalars or Paths; make them JSON-friendly."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return obj.name
-    return obj
