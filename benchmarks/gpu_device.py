@@ -444,6 +444,8 @@ def probe(out: Path, budget_s: float) -> None:
     crops32 = ["--classifier-batch-size", "32"]  # entry 12: 32 crops per classifier batch
     runs: list[tuple[str, dict[str, str], str, list[str]]] = [
         ("default", {}, "fp32", []),
+        # entry 16: the heap trimmed after the sessions are built (on by default); off here
+        ("no_heap_trim", {"EDGENET_TRIM": "0"}, "fp32", []),
         ("crop_batch_32", {}, "fp32", crops32),
         # entries 10 and 11 off: results by pipe, each image decoded twice
         ("pipe_transfer", {"EDGENET_DECODE_TRANSFER": "pipe"}, "fp32", []),

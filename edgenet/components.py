@@ -155,6 +155,12 @@ def load_components(config: PipelineConfig) -> Components:
             target_species_txt=config.target_species_txt,
             session=session,
         )
+    if (need_detector and config.detector is None) or (
+            need_classifier and config.classifier is None):
+        # Sessions were built here: give back the weights' pre-optimisation copies (heap.py).
+        from edgenet.heap import release_freed_heap
+
+        release_freed_heap()
     if config.precision == "int8" and any(
         _runs_on_cpu(m) for m in (comps.detector, comps.classifier)
     ):

@@ -321,6 +321,8 @@ def test_bench_writes_json_markdown_and_png(tiny_pack: Path, tmp_path: Path) -> 
         st = c["stage_ms_per_image"]
         assert st["decode_letterbox"] > 0 and st["detector"] > 0 and st["classifier"] > 0
         assert c["self_peak_rss_mb"] > 10
+        # Memory at the end of loading: below the cell's own peak, which comes later or then.
+        assert 10 < c["rss_after_load_mb"] <= c["load_peak_rss_mb"] <= c["self_peak_rss_mb"]
         assert c["first_image_s"] > 0
         assert "classifier_alone" not in c  # crops were classified in the pipeline
     assert cells[1]["fidelity"] == "det R/P 0.97/0.95, top1 0.93, top5 0.88"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -54,6 +55,18 @@ def _self_peak_rss_mb() -> float | None:
 
         mem = psutil.Process().memory_info()
         return getattr(mem, "peak_wset", mem.rss) / 2**20
+    return None
+
+
+def _current_rss_mb() -> float | None:
+    """This process's resident memory now (psutil when installed, else Linux's /proc)."""
+    with contextlib.suppress(Exception):
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     return None
 
 
@@ -148,6 +161,9 @@ def cell_main(spec_path: str, out_path: str) -> int:
 
         cold_cfg = _pipeline_config(spec, spec.images[: max(1, spec.warmup)])
         comps = load_components(cold_cfg)
+        # Where the process's memory peaks: while the sessions are built, or while it runs.
+        result["load_peak_rss_mb"], result["rss_after_load_mb"] = (_self_peak_rss_mb(),
+                                                                   _current_rss_mb())
         _, cold = run_pipeline(cold_cfg, comps)
         first_done = time.time()
         preds, warm = run_pipeline(_pipeline_config(spec, spec.images), comps)
