@@ -58,3 +58,27 @@ def test_load_components_trims_once_after_building_sessions(monkeypatch) -> None
         instances=[], model=demo_pack_dir(), detector=comps.detector,
         classifier=comps.classifier, ensemble=comps.ensemble))
     assert calls == [1]
+
+
+def test_a_worker_job_trims_after_handing_its_arrays_over(tmp_path, monkeypatch) -> None:
+    """A decode job in a worker (its arrays go by file) trims once they are written; an
+    in-process job (no transfer folder) leaves the main process's heap alone."""
+    import numpy as np
+    import PIL.Image
+
+    from edgenet import decode_workers
+    from edgenet.result_transfer import unspill
+
+    img = tmp_path / "a.jpg"
+    PIL.Image.fromarray(np.zeros((60, 80, 3), np.uint8)).save(img)
+    calls: list[int] = []
+    monkeypatch.setattr(decode_workers, "release_freed_heap", lambda: calls.append(1) or True)
+    inline = decode_workers.run_decode_job(decode_workers.DecodeJob(str(img), letterbox=True))
+    assert inline.ok and calls == []
+    folder = tmp_path / "transfer"
+    folder.mkdir()
+    pooled = decode_workers.run_decode_job(decode_workers.DecodeJob(
+        str(img), letterbox=True, transfer_dir=str(folder)))
+    assert calls == [1]
+    unspill(pooled)
+    assert pooled.ok and pooled.letterboxed is not None
