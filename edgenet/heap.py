@@ -8,14 +8,14 @@ process's resident memory stays one model's weights higher for the whole run (me
 full-size pack, CPU provider, uncached: detector session +1117 MB resident against 560 MB of
 weights, +550 MB after `malloc_trim(0)`; classifier +476 -> +235 MB; benchmarks/NOTES.md
 entry 16). One `malloc_trim(0)` after the sessions exist returns those pages (10-30 ms);
-it changes no computation. A no-op where the C library is not glibc (macOS, Windows, musl);
-`EDGENET_TRIM=0` turns it off (to measure what it does: `benchmarks/gpu_device.py probe`).
+it changes no computation. Decode workers call it after each job too: each would otherwise
+stay at its largest image's footprint. A no-op where the C library is not glibc (macOS,
+Windows, musl); `EDGENET_TRIM=0` turns it off (to measure it: `gpu_device.py probe`).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import sys
@@ -27,8 +27,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim  # glibc only; musl has no such symbol
+        # The symbols already loaded into this process: no library search (find_library
+        # would run ldconfig in every decode worker).
+        trim = ctypes.CDLL(None).malloc_trim  # glibc only; musl has no such symbol
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
