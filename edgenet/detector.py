@@ -100,7 +100,8 @@ def stack_pixels(letterboxed: Sequence[np.ndarray], rows: int | None = None) -> 
     input when it converts pixels itself (`unit_float_model_bytes`); ROWS as in `to_tensor`
     (zero pixels convert to the zero rows `to_tensor` writes)."""
     arrays = _checked_images(letterboxed)
-    out = np.zeros((max(len(arrays), rows or 0), *arrays[0].shape), dtype=np.uint8)
+    out = np.empty((max(len(arrays), rows or 0), *arrays[0].shape), dtype=np.uint8)
+    out[len(arrays):] = 0  # only the padding rows: the others are overwritten below
     for i, a in enumerate(arrays):
         out[i] = a
     return out

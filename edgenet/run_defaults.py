@@ -13,17 +13,16 @@ from typing import Any
 _X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
-def _fix_batch_shapes(comps: Any, batch_size: int, classifier_batch_size: int | None = None
-                      ) -> None:
+def _fix_batch_shapes(comps: Any, batch_size: int, classifier_batch_size: int) -> None:
     """On GPU providers, run the models at exactly their batch size in rows (padded): the
-    detector at `batch_size` images, the classifier at `classifier_batch_size` crops (default:
-    `batch_size`), so that each new partial-batch size does not cost a new kernel selection
-    (providers.py says why). Set on every run, so models reused across runs of other batch
-    sizes follow this one."""
+    detector at `batch_size` images, the classifier at `classifier_batch_size` crops
+    (`classifier_batch(config)`), so that each new partial-batch size does not cost a new
+    kernel selection (providers.py says why). Set on every run, so models reused across runs
+    of other batch sizes follow this one."""
     from edgenet.providers import is_shape_sensitive
 
     mode = os.environ.get("EDGENET_FIXED_BATCH", "auto")  # "0": never, "1": also on the CPU
-    rows = {"detector": batch_size, "classifier": classifier_batch_size or batch_size}
+    rows = {"detector": batch_size, "classifier": classifier_batch_size}
     for role, model in (("detector", comps.detector), ("classifier", comps.classifier)):
         if model is None or not hasattr(model, "fixed_batch"):
             continue
