@@ -504,7 +504,8 @@ def prepare_cpu_sessions(pack: Path, log: LogFn = _quiet) -> int:
     path, so this runs after the pack is in place. Never fails a conversion: a model that does
     not load here is reported by `edgenet run` itself. Returns the number of models prepared.
     """
-    from edgenet.providers import make_session, optimized_model_path
+    from edgenet.graph_cache import optimized_model_path
+    from edgenet.providers import make_session
 
     info = json.loads((pack / "info.json").read_text(encoding="utf-8"))
     names = [info["detector"], info["classifier"]]

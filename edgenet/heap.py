@@ -1,7 +1,7 @@
 """Giving the C heap's freed pages back to the operating system after the models load.
 
 Why: onnxruntime optimises a graph when its session is built (every start on a GPU provider,
-and on the CPU when the optimised graph is not cached yet: `providers.optimized_model_path`),
+and on the CPU when the optimised graph is not cached yet: `graph_cache.optimized_model_path`),
 and the optimisers replace initializers with new copies (fused, reordered). The old copies
 are freed, but glibc keeps freed blocks of up to 32 MB in its heaps for reuse, so the
 process's resident memory stays one model's weights higher for the whole run (measured on the

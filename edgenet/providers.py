@@ -119,85 +119,6 @@ def cpuinfo_flags_line() -> str:
         return ""
 
 
-def _cpu_signature() -> str:
-    """What an optimised CPU graph depends on: ISA flags (NCHWc block size, VNNI kernels)."""
-    import platform
-
-    return f"{platform.machine()}|{platform.processor()}|{cpuinfo_flags_line()}"
-
-
-def optimized_model_path(model_path: Path, providers: Sequence[str]) -> Path | None:
-    """Where onnxruntime's optimised copy of a CPU graph is cached; None when not cached.
-
-    Why: building a session for the full-size detector spends seconds in graph optimisation
-    (constant folding, Conv+activation fusion, NCHWc weight reordering) that gives the same
-    result on every start; the first session saves its optimised graph there and later ones
-    load it with optimisation off (benchmarks/NOTES.md: cold start). The key covers the model
-    file's identity, the onnxruntime version and the CPU's ISA, so a changed model, a new
-    onnxruntime or another machine sharing the cache never reuses a stale graph. CPU only:
-    other providers partition the graph when the session is built. `EDGENET_ORT_CACHE=0`
-    turns it off.
-    """
-    import hashlib
-
-    if os.environ.get("EDGENET_ORT_CACHE", "1") == "0" or list(providers) != [
-            "CPUExecutionProvider"]:
-        return None
-    st = model_path.stat()
-    ident = (f"{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|"
-             f"{ort.__version__}|{_cpu_signature()}")
-    key = hashlib.sha256(ident.encode()).hexdigest()[:24]
-    return cache_dir() / "ort-optimized" / f"{model_path.stem}.{key}.onnx"
-
-
-def _source_record(model_path: Path) -> dict[str, Any]:
-    st = model_path.stat()
-    return {"source": str(model_path.resolve()), "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
-
-
-def prune_optimized_cache(keep: Path | None = None) -> list[Path]:
-    """Delete cached optimised graphs whose source model is gone or changed; return them.
-
-    Why: each entry is as large as its model (560 MB for the full-size detector), and every
-    reconversion or deleted pack would otherwise leave one behind for good. Each entry has a
-    sidecar `.json` naming its source file and that file's size and times; an entry whose
-    source no longer matches can never be used again (its key would differ). Entries written
-    before sidecars existed are left alone; half-written `.tmp` files older than a day go.
-    """
-    import json
-    import time
-
-    folder = cache_dir() / "ort-optimized"
-    removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for meta in folder.glob("*.json"):
-        entry = meta.with_suffix(".onnx")
-        if keep is not None and entry == keep:
-            continue
-        try:
-            record = json.loads(meta.read_text(encoding="utf-8"))
-            source = Path(record["source"])
-            stale = not source.is_file() or _source_record(source) != record
-        except (OSError, ValueError, KeyError, TypeError):
-            stale = True  # unreadable sidecar: the entry cannot be trusted either
-        if stale:
-            for path in (entry, meta):
-                try:
-                    path.unlink(missing_ok=True)
-                except OSError:
-                    continue
-            removed.append(entry)
-    for tmp in folder.glob(".*.tmp"):
-        try:
-            if time.time() - tmp.stat().st_mtime > 86400:
-                tmp.unlink()
-        except OSError:
-            pass
-    return removed
-
-
 def available_devices() -> dict[str, bool]:
     """Which `--device` values this onnxruntime build offers (compiled in, not yet loaded).
 
@@ -373,18 +294,15 @@ def make_session(
     if "TensorrtExecutionProvider" in names:
         tensorrt_cache_dir().mkdir(parents=True, exist_ok=True)
 
-    load_path, save_to = model_path, None
-    cached = optimized_model_path(model_path, names)
+    from edgenet import graph_cache
+
+    load_path, pending = model_path, None
+    cached = graph_cache.optimized_model_path(model_path, names)
     if cached is not None and cached.is_file():
         load_path = cached
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    elif cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            save_to = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-            so.optimized_model_filepath = str(save_to)
-        except OSError:  # read-only cache: just optimise every time
-            save_to = None
+    elif cached is not None:  # read-only cache: pending stays None, optimise every time
+        pending = graph_cache.begin_entry(model_path, cached, so)
     try:
         sess = ort.InferenceSession(
             str(load_path),
@@ -392,28 +310,18 @@ def make_session(
             providers=providers,
         )
     except Exception as exc:  # onnxruntime raises its own exception types per failure
-        if save_to is not None:
-            save_to.unlink(missing_ok=True)
+        if pending is not None:
+            graph_cache.discard(pending)
         if cached is not None and load_path == cached:  # a bad cache entry never stops a run
-            cached.unlink(missing_ok=True)
+            graph_cache.remove_entry(cached)
             return make_session(path, device, threads, precision, cpu_arena)
         raise PackError(
             f"onnxruntime cannot load this model: {str(exc).strip().splitlines()[0][:300]}",
             path=model_path,
             fix="re-create it with `edgenet convert` or re-download the pack",
         ) from exc
-
-    if save_to is not None and cached is not None:
-        try:
-            if save_to.is_file():
-                import json
-
-                os.replace(save_to, cached)  # atomic: a concurrent start never reads half
-                cached.with_suffix(".json").write_text(
-                    json.dumps(_source_record(model_path)), encoding="utf-8")
-                prune_optimized_cache(keep=cached)
-        except OSError:
-            save_to.unlink(missing_ok=True)
+    if pending is not None:
+        graph_cache.commit(pending)
     if dev != "auto" and dev != "cpu" and names[0] not in sess.get_providers():
         raise EdgenetError(
             f"{names[0]} is installed but failed to initialise (the session fell back to "

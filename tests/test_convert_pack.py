@@ -183,7 +183,7 @@ def test_cpu_session_cache_prepared_once(tiny_pack: Path, tmp_path: Path,
     """convert_pack ends by building the CPU models once, so the pack's first run neither
     optimises nor saves graphs (that save raised the full pack's first-run peak RSS)."""
     from converters.pack import prepare_cpu_sessions
-    from edgenet.providers import optimized_model_path
+    from edgenet.graph_cache import optimized_model_path
 
     monkeypatch.setenv("EDGENET_ORT_CACHE", "1")
     monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))

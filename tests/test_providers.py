@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -150,56 +149,6 @@ def test_make_session_runs_on_cpu(tiny_model: Path) -> None:
     desc = providers.describe_session(sess)
     assert "CPUExecutionProvider" in desc and "x:tensor(float)['N', 4]" in desc
     assert "threads 1" in desc
-
-
-def test_optimised_graph_cache_is_reused_and_recovers(tiny_model: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """First session saves onnxruntime's optimised graph; later ones load it (same output);
-    a damaged cache entry is rebuilt instead of failing; a changed model gets a new entry."""
-    monkeypatch.setenv("EDGENET_ORT_CACHE", "1")
-    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
-    x = np.arange(8, dtype=np.float32).reshape(2, 4)
-    first = providers.make_session(tiny_model, device="cpu").run(None, {"x": x})[0]
-    cached = providers.optimized_model_path(tiny_model, ["CPUExecutionProvider"])
-    assert cached is not None and cached.is_file()
-    assert not list(cached.parent.glob(".*.tmp"))
-    again = providers.make_session(tiny_model, device="cpu").run(None, {"x": x})[0]
-    np.testing.assert_array_equal(first, again)
-    cached.write_bytes(b"not an onnx file")
-    healed = providers.make_session(tiny_model, device="cpu").run(None, {"x": x})[0]
-    np.testing.assert_array_equal(first, healed)
-    assert cached.read_bytes() != b"not an onnx file"
-    _tiny_model(tiny_model)  # rewritten: new mtime/ctime, so a new key
-    assert providers.optimized_model_path(tiny_model, ["CPUExecutionProvider"]) != cached
-    assert providers.optimized_model_path(tiny_model, ["CUDAExecutionProvider",
-                                                       "CPUExecutionProvider"]) is None
-    monkeypatch.setenv("EDGENET_ORT_CACHE", "0")
-    assert providers.optimized_model_path(tiny_model, ["CPUExecutionProvider"]) is None
-
-
-def test_optimised_graph_cache_prunes_entries_of_changed_or_deleted_models(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EDGENET_ORT_CACHE", "1")
-    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
-    a, b = tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx"
-    for path in (a, b):
-        path.parent.mkdir()
-        _tiny_model(path)
-        providers.make_session(path, device="cpu")
-    old_a = providers.optimized_model_path(a, ["CPUExecutionProvider"])
-    old_b = providers.optimized_model_path(b, ["CPUExecutionProvider"])
-    assert old_a.is_file() and old_b.is_file() and old_a != old_b  # same name, two entries
-    legacy = old_a.parent / "legacy.0123.onnx"  # written before sidecars existed: kept
-    legacy.write_bytes(b"x")
-    time.sleep(0.01)
-    _tiny_model(a)  # reconverted: its old entry can never be used again
-    providers.make_session(a, device="cpu")  # writes the new entry, prunes the old one
-    new_a = providers.optimized_model_path(a, ["CPUExecutionProvider"])
-    assert new_a.is_file() and not old_a.exists() and not old_a.with_suffix(".json").exists()
-    assert old_b.is_file() and legacy.is_file()
-    b.unlink()  # pack deleted
-    assert providers.prune_optimized_cache() == [old_b]
-    assert not old_b.exists() and new_a.is_file()
 
 
 def test_make_session_auto_works(tiny_model: Path) -> None:
