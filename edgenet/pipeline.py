@@ -75,6 +75,7 @@ from edgenet.run_defaults import (  # noqa: F401 - re-exported: edgenet.pipeline
     _set_device_pixels,
     accelerated_device,
     classifier_batch,
+    crop_threads,
     default_batch_size,
     default_workers,
 )
@@ -236,6 +237,7 @@ class PipelineRun:
                           classifier_batch(config))
         _set_device_pixels(self.comps)
         self.overlap = _overlap_stages(self.comps)
+        self._crop_threads = crop_threads()  # crops cut in this process (no decode workers)
         self._ahead_streams: list[Any] = []
         self.whole_image = self.comps.whole_image
         self.timings = dict.fromkeys(TIMING_KEYS, 0.0)
@@ -471,7 +473,7 @@ class PipelineRun:
             if item.image is not None:
                 t0 = time.perf_counter()
                 try:
-                    item.crops = make_crops(item.image, bboxes)
+                    item.crops = make_crops(item.image, bboxes, self._crop_threads)
                 except Exception as err:  # noqa: BLE001
                     _warn(f"{item.filepath}: cannot crop detections: {err}")
                     item.classifier_failed = True

@@ -50,6 +50,24 @@ def default_batch_size(accelerated: bool) -> int:
     return 8 if accelerated else 1
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cpus or 1
+
+
+def crop_threads() -> int:
+    """Threads that cut one image's crops when the pipeline crops in its own process.
+
+    Cutting a crop is numpy work that releases the GIL, and in the CPU pipeline nothing else
+    runs while an image's crops are cut (the detector is done, the classifier waits for them):
+    27 crops of a 3 MP image took 0.39 s on one thread and 0.23 s on two (2-core CPU,
+    benchmarks/NOTES.md entry 17), the same bytes. Decode workers cut on one thread each:
+    they are already one process per core.
+    """
+    return max(1, min(4, usable_cpus()))
+
+
 def default_workers(accelerated: bool) -> int:
     """Decode workers when the user does not say.
 
@@ -64,8 +82,7 @@ def default_workers(accelerated: bool) -> int:
     CPU per 3 MP image lets 8 workers feed ~47 images/s, twice what that run reached.
     `--workers N` overrides it for bigger frames or a faster device.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpus = cpus or 1
+    cpus = usable_cpus()
     if accelerated:
         return max(1, min(8, cpus - 2))
     return 0 if cpus <= 2 else min(4, max(1, cpus // 4))

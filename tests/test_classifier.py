@@ -424,3 +424,24 @@ def test_topk_orders_tied_scores_as_torch_does() -> None:
              np.where(rng.random(2498) < 0.002, rng.random(2498), 0.0)).astype(np.float32)
         want = torch.topk(torch.from_numpy(v), k).indices.tolist()
         assert _topk(v[None], k)[0].tolist() == want
+
+
+def test_make_crops_on_threads_gives_the_same_bytes_in_order() -> None:
+    """`make_crops(..., threads=N)` (the in-process pipeline's crops) equals one thread's
+    result, box by box, and an uncuttable box fails the image on either path."""
+    from edgenet.decode_workers import make_crops
+
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    boxes = [[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.6, 0.6],  # the second overhangs: padding
+             [0.0, 0.0, 1.0, 1.0], [0.9, 0.05, 0.05, 0.9], [0.33, 0.41, 0.01, 0.02]]
+    one = make_crops(img, boxes, threads=1)
+    many = make_crops(img, boxes, threads=3)
+    assert one.shape == (len(boxes), 480, 480, 3) and one.dtype == np.uint8
+    np.testing.assert_array_equal(one, many)
+    for i, box in enumerate(boxes):  # the order is the boxes' order
+        np.testing.assert_array_equal(many[i], crop_for_classifier(img, box))
+    empty = [*boxes[:2], [0.5, 0.5, 0.0, 0.0]]  # a zero-size box cannot be resized
+    for threads in (1, 3):
+        with pytest.raises(CropError):
+            make_crops(img, empty, threads=threads)
