@@ -134,8 +134,9 @@ def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None,
                  timeout: float | None = None) -> dict[str, Any]:
     """Run CMD; wall time, exit code, peak RSS of its process tree, output tail.
 
-    RSS: psutil polling of the whole tree every 50 ms (sum over processes) when psutil is
-    installed; and, on POSIX, the kernel's own peak of the largest process from wait4."""
+    RSS: psutil polling of the whole tree every 50 ms (sum over processes; `edgenet.bench.cell
+    .TreeMonitor`, the same poller `edgenet bench` uses) when psutil is installed; and, on
+    POSIX, the kernel's own peak of the largest process from wait4."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=dict(env) if env is not None else None)
@@ -143,57 +144,33 @@ def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None,
     reader = threading.Thread(target=lambda: chunks.extend(iter(
         lambda: proc.stdout.read(65536), b"")), daemon=True)  # type: ignore[union-attr]
     reader.start()
-    peak_tree = 0.0
-    stop = threading.Event()
-
-    def poll() -> None:
-        nonlocal peak_tree
-        try:
-            import psutil
-        except ImportError:
-            return
-        while not stop.is_set():
-            try:
-                root = psutil.Process(proc.pid)
-                total = 0
-                for p in [root, *root.children(recursive=True)]:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak_tree = max(peak_tree, total / 2**20)
-            except psutil.Error:
-                return
-            stop.wait(0.05)
+    from edgenet.bench.cell import TreeMonitor
 
     gpu = _GpuMemory()
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
     wait4_peak = None
     deadline = None if timeout is None else time.monotonic() + timeout
-    if hasattr(os, "wait4"):
-        while True:
-            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                wait4_peak = ru.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                proc.kill()
-            time.sleep(0.02)
-    else:  # pragma: no cover - Windows
-        proc.wait(timeout=timeout)
-    wall = time.perf_counter() - t0
-    stop.set()
+    with TreeMonitor(proc.pid) as tree:
+        if hasattr(os, "wait4"):
+            while True:
+                pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    wait4_peak = ru.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    proc.kill()
+                time.sleep(0.02)
+        else:  # pragma: no cover - Windows
+            proc.wait(timeout=timeout)
+        wall = time.perf_counter() - t0
     gpu.stop()
-    poller.join(timeout=2)
     reader.join(timeout=5)
     out = b"".join(chunks).decode("utf-8", "replace")
     return {
         "cmd": [str(c) for c in cmd],
         "returncode": proc.returncode,
         "wall_s": wall,
-        "peak_rss_tree_mb": peak_tree or None,
+        "peak_rss_tree_mb": tree.peak_rss_mb or None,
         "peak_rss_wait4_mb": wait4_peak,
         "peak_gpu_mb": gpu.peak_mb,
         "output_tail": out[-2000:],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -546,6 +547,24 @@ def test_run_measured_sees_peak_memory_and_exit_code() -> None:
     peaks = [v for v in (res["peak_rss_tree_mb"], res["peak_rss_wait4_mb"]) if v]
     assert peaks and max(peaks) >= 150
     assert res["wall_s"] >= 0.5
+
+
+def test_tree_monitor_sums_children_started_later() -> None:
+    """The poller re-lists the tree every `children_every` s: a child that starts after the
+    first listing and holds 120 MB is summed with its parent's (~60 MB) RSS."""
+    pytest.importorskip("psutil")
+    from edgenet.bench.cell import TreeMonitor
+
+    child = ("import time; b = bytearray(120 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+             "time.sleep(1.5)")
+    parent = ("import subprocess, sys, time; b = bytearray(60 * 2**20); "
+              "b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5); "
+              f"subprocess.run([sys.executable, '-c', {child!r}])")
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    with TreeMonitor(proc.pid, interval=0.05, children_every=0.3) as mon:
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert mon.peak_rss_mb is not None and mon.peak_rss_mb >= 180
 
 
 @pytest.mark.slow
