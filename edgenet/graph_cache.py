@@ -137,7 +137,19 @@ def commit(pending: PendingEntry) -> bool:
 
 def remove_entry(cached: Path) -> None:
     """Delete a cache entry (e.g. one onnxruntime could not load)."""
-    shutil.rmtree(cached.parent, ignore_errors=True)
+    _remove_entry_folder(cached.parent)
+
+
+def _remove_entry_folder(entry: Path) -> bool:
+    """Delete an entry, weights first: where a running process still maps them (Windows
+    refuses to delete a mapped file) the entry stays whole for a later prune, rather than
+    losing the record that would let that prune find it."""
+    try:
+        (entry / WEIGHTS_NAME).unlink(missing_ok=True)
+    except OSError:
+        return False
+    shutil.rmtree(entry, ignore_errors=True)
+    return True
 
 
 def prune_optimized_cache(keep: Path | None = None) -> list[Path]:
@@ -165,8 +177,7 @@ def prune_optimized_cache(keep: Path | None = None) -> list[Path]:
             stale = not source.is_file() or _source_record(source) != record
         except (OSError, ValueError, KeyError, TypeError):
             stale = True  # unreadable record: the entry cannot be trusted either
-        if stale:
-            shutil.rmtree(entry, ignore_errors=True)
+        if stale and _remove_entry_folder(entry):
             removed.append(entry / GRAPH_NAME)
     for meta in folder.glob("*.json"):  # the older single-file layout
         graph = meta.with_suffix(".onnx")

@@ -172,3 +172,28 @@ def test_prune_removes_stale_entries_old_layout_and_old_temporaries(
     b.unlink()  # pack deleted
     assert graph_cache.prune_optimized_cache() == [old_b]
     assert not old_b.parent.exists() and new_a.is_file()
+
+
+def test_prune_leaves_an_entry_whole_while_its_weights_are_in_use(
+        tmp_path: Path, cache_on: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows refuses to delete a mapped file: the stale entry must stay whole (with its
+    source record) for a later prune instead of losing the record and leaking the weights."""
+    model = _dense_model(tmp_path / "m.onnx")
+    providers.make_session(model, device="cpu")
+    cached = graph_cache.optimized_model_path(model, CPU)
+    assert cached is not None and cached.is_file()
+    model.unlink()  # stale now
+    real_unlink = Path.unlink
+
+    def mapped(self: Path, missing_ok: bool = False) -> None:
+        if self.name == "weights.data":
+            raise PermissionError(13, "in use by another process", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", mapped)
+    assert graph_cache.prune_optimized_cache() == []
+    assert sorted(p.name for p in cached.parent.iterdir()) == ["model.onnx", "source.json",
+                                                               "weights.data"]
+    monkeypatch.setattr(Path, "unlink", real_unlink)  # the process has exited
+    assert graph_cache.prune_optimized_cache() == [cached]
+    assert not cached.parent.exists()
