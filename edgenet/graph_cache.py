@@ -127,7 +127,10 @@ def commit(pending: PendingEntry) -> bool:
             return False
         (pending.folder / SOURCE_NAME).write_text(
             json.dumps(_source_record(pending.model_path)), encoding="utf-8")
-        os.rename(pending.folder, pending.cached.parent)
+        entry = pending.cached.parent
+        if entry.is_dir() and not pending.cached.is_file():  # what remove_entry left
+            _remove_entry_folder(entry)
+        os.rename(pending.folder, entry)
     except OSError:  # e.g. the entry appeared meanwhile: theirs is as good as ours
         discard(pending)
         return False
@@ -136,7 +139,13 @@ def commit(pending: PendingEntry) -> bool:
 
 
 def remove_entry(cached: Path) -> None:
-    """Delete a cache entry (e.g. one onnxruntime could not load)."""
+    """Delete a cache entry onnxruntime could not load: its graph first, so that it is never
+    tried again even where the rest cannot go yet (a weights file another process maps, on
+    Windows); `commit` replaces such a graph-less folder."""
+    try:
+        cached.unlink(missing_ok=True)
+    except OSError:
+        pass
     _remove_entry_folder(cached.parent)
 
 

@@ -296,32 +296,32 @@ def make_session(
 
     from edgenet import graph_cache
 
-    load_path, pending = model_path, None
+    sess = None
     cached = graph_cache.optimized_model_path(model_path, names)
     if cached is not None and cached.is_file():
-        load_path = cached
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    elif cached is not None:  # read-only cache: pending stays None, optimise every time
-        pending = graph_cache.begin_entry(model_path, cached, so)
-    try:
-        sess = ort.InferenceSession(
-            str(load_path),
-            sess_options=so,
-            providers=providers,
-        )
-    except Exception as exc:  # onnxruntime raises its own exception types per failure
-        if pending is not None:
-            graph_cache.discard(pending)
-        if cached is not None and load_path == cached:  # a bad cache entry never stops a run
+        try:
+            sess = ort.InferenceSession(str(cached), sess_options=so, providers=providers)
+        except Exception:  # noqa: BLE001 - a bad cache entry never stops a run: rebuild it
             graph_cache.remove_entry(cached)
-            return make_session(path, device, threads, precision, cpu_arena)
-        raise PackError(
-            f"onnxruntime cannot load this model: {str(exc).strip().splitlines()[0][:300]}",
-            path=model_path,
-            fix="re-create it with `edgenet convert` or re-download the pack",
-        ) from exc
-    if pending is not None:
-        graph_cache.commit(pending)
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if cached.is_file():  # it could not be deleted: optimise, but do not save
+                cached = None
+    if sess is None:
+        # pending stays None where the cache is off or cannot be written: optimise every time
+        pending = None if cached is None else graph_cache.begin_entry(model_path, cached, so)
+        try:
+            sess = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            if pending is not None:
+                graph_cache.discard(pending)
+            raise PackError(
+                f"onnxruntime cannot load this model: {str(exc).strip().splitlines()[0][:300]}",
+                path=model_path,
+                fix="re-create it with `edgenet convert` or re-download the pack",
+            ) from exc
+        if pending is not None:
+            graph_cache.commit(pending)
     if dev != "auto" and dev != "cpu" and names[0] not in sess.get_providers():
         raise EdgenetError(
             f"{names[0]} is installed but failed to initialise (the session fell back to "

@@ -197,3 +197,27 @@ def test_prune_leaves_an_entry_whole_while_its_weights_are_in_use(
     monkeypatch.setattr(Path, "unlink", real_unlink)  # the process has exited
     assert graph_cache.prune_optimized_cache() == [cached]
     assert not cached.parent.exists()
+
+
+def test_damaged_entry_that_cannot_be_deleted_runs_uncached(
+        tmp_path: Path, cache_on: Path, loaded_paths: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only cache holding a damaged entry: the session is optimised from the source
+    (once, no retry loop), the run goes on, and nothing is saved over the entry."""
+    model = _dense_model(tmp_path / "m.onnx")
+    first = providers.make_session(model, device="cpu").run(None, {"x": X})[0]
+    cached = graph_cache.optimized_model_path(model, CPU)
+    assert cached is not None
+    cached.write_bytes(b"not an onnx file")
+    real_unlink = Path.unlink
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        if cache_on in self.parents:
+            raise PermissionError(13, "read-only file system", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    out = providers.make_session(model, device="cpu").run(None, {"x": X})[0]
+    np.testing.assert_array_equal(first, out)
+    assert loaded_paths == [str(model), str(cached), str(model)]
+    assert cached.read_bytes() == b"not an onnx file"
