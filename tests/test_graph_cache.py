@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from tinyonnx import affine_model
 
 from edgenet import graph_cache, providers
 
@@ -17,25 +18,8 @@ CPU = ["CPUExecutionProvider"]
 
 def _dense_model(path: Path, scale: float = 1e-3) -> Path:
     """y = x @ W + b with a 4 x 256 weight (4 KB: large enough to go to the weights file)."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(
-        (np.arange(4 * 256, dtype=np.float32).reshape(4, 256) * scale), "w")
-    b = numpy_helper.from_array(np.ones(256, dtype=np.float32), "b")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["t"]),
-         helper.make_node("Add", ["t", "b"], ["y"])],
-        "dense",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256])],
-        initializer=[w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
+    weight = np.arange(4 * 256, dtype=np.float32).reshape(4, 256) * np.float32(scale)
+    return affine_model(path, weight, np.ones(256, dtype=np.float32))
 
 
 @pytest.fixture()

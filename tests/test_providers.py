@@ -7,32 +7,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from tinyonnx import affine_model
 
 from edgenet import providers
 from edgenet.errors import EdgenetError, PackError
 
 
 def _tiny_model(path: Path) -> Path:
-    """y = 2 * x + 1 on a (N, 4) float tensor, built with onnx.helper."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
-    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
-    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
-    graph = helper.make_graph(
-        [
-            helper.make_node("Mul", ["x", "two"], ["t"]),
-            helper.make_node("Add", ["t", "one"], ["y"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        initializer=[two, one],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.save(model, path)
-    return path
+    """y = 2 * x + 1 on a (N, 4) float tensor."""
+    return affine_model(path, np.float32(2.0), np.float32(1.0), op="Mul")
 
 
 @pytest.fixture()
