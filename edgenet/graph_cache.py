@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ def begin_entry(model_path: Path, cached: Path, so: ort.SessionOptions) -> Pendi
     """Ask onnxruntime (through `so`) to save its optimised graph for a new cache entry;
     None when the cache folder cannot be written (the session is then just not cached)."""
     entry = cached.parent
-    folder = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    # One per process and thread: two threads may build sessions of the same model at once.
+    folder = entry.with_name(f".{entry.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
