@@ -14,10 +14,10 @@ What it does (see benchmarks/README.md):
     for each requested precision, on the same images (../shared/images/speciesnet_test_data);
 (c) measures, per tool: end-to-end images/s (wall time of the whole command, start-up
     included), cold start (wall time of the same command on ONE image: process start to the
-    first image done and written), peak RSS of the process tree (psutil polling, plus the
-    kernel's wait4 accounting), and the installed environment size (the reference venv's
-    site-packages; for edgenet only its runtime distributions, found from its
-    requirements and summed from their RECORD files);
+    first image done and written; the median of --cold-runs runs, 3 by default), peak RSS
+    of the process tree (psutil polling, plus the kernel's wait4 accounting), and the
+    installed environment size (the reference venv's site-packages; for edgenet only its
+    runtime distributions, found from its requirements and summed from their RECORD files);
 (d) compares the predictions image by image (same failures, detections count/category/bbox/
     conf within 1e-3, raw top-k classes with scores within 1e-3, identical
     processed_classification class and source);
@@ -32,11 +32,12 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -535,6 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--edgenet-args", default="", help="extra args for `edgenet run`")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--no-cold", action="store_true", help="skip the one-image runs")
+    p.add_argument("--cold-runs", type=int, default=3,
+                   help="one-image runs per tool; the table shows their median (default 3: "
+                        "this kind of VM varies by 0.3-1.5 s between identical runs)")
     p.add_argument("--force", action="store_true", help="rebuild the weights and pack")
     p.add_argument("--source", type=Path, default=None,
                    help="an existing SpeciesNet model folder (with --pack: nothing is built)")
@@ -587,9 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             row["error"] = run["output_tail"][-800:]
         if not a.no_cold:
-            cold_out = work / "reference_one.json"
-            cold_out.unlink(missing_ok=True)
-            row["cold_start_s"] = run_measured(ref_cmd(one, cold_out), env)["wall_s"]
+            row.update(cold_start(lambda out: ref_cmd(one, out), work / "reference_one.json",
+                                  env, a.cold_runs))
         if not a.no_env_size:
             row["env_bytes"] = site_packages_size(a.reference_python)["bytes"]
         row["run"] = run
@@ -623,9 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 else f"{cmp['mismatched_images']}/{cmp['images']} images "
                                      "differ")
         if not a.no_cold:
-            cold_out = work / f"edgenet_{prec}_one.json"
-            cold_out.unlink(missing_ok=True)
-            row["cold_start_s"] = run_measured(ours_cmd(one, cold_out), env)["wall_s"]
+            row.update(cold_start(lambda out: ours_cmd(one, out), work / f"edgenet_{prec}_one.json",
+                                  env, a.cold_runs))
         row["env_bytes"] = env_size["bytes"]
         row["env_distributions"] = env_size["distributions"]
         row["run"] = run
@@ -645,6 +647,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(not r.get("error") for r in rows) else 1
 
 
+def cold_start(cmd_for: Callable[[Path], list[str]], out: Path, env: Mapping[str, str],
+               runs: int = 3) -> dict[str, Any]:
+    """The one-image command `runs` times (its output deleted before each, so each run does
+    the work): {"cold_start_s": median wall time of the runs that succeeded (None if none
+    did), "cold_start_runs_s": every run's wall time, None for a failed run}."""
+    walls: list[float | None] = []
+    for _ in range(max(1, runs)):
+        out.unlink(missing_ok=True)
+        run = run_measured(cmd_for(out), env)
+        walls.append(run["wall_s"] if run["returncode"] == 0 and out.is_file() else None)
+    ok = [w for w in walls if w is not None]
+    return {"cold_start_s": statistics.median(ok) if ok else None, "cold_start_runs_s": walls}
+
+
 def _row_numbers(run: Mapping[str, Any], n: int) -> dict[str, Any]:
     return {"wall_s": run["wall_s"], "images_per_s": _images_per_s(run, n),
             "peak_rss_mb": _peak(run), "peak_gpu_mb": run.get("peak_gpu_mb"),
@@ -656,4 +672,5 @@ if __name__ == "__main__":
 
 
 __all__ = ["build_source_and_pack", "compare_predictions", "compare_one", "make_instances",
-           "run_measured", "runtime_env_size", "site_packages_size", "render_table", "main"]
+           "run_measured", "cold_start", "runtime_env_size", "site_packages_size",
+           "render_table", "main"]

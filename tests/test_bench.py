@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -547,6 +548,23 @@ def test_run_measured_sees_peak_memory_and_exit_code() -> None:
     peaks = [v for v in (res["peak_rss_tree_mb"], res["peak_rss_wait4_mb"]) if v]
     assert peaks and max(peaks) >= 150
     assert res["wall_s"] >= 0.5
+
+
+def test_cold_start_is_the_median_of_runs_that_did_the_work(tmp_path: Path) -> None:
+    """Each one-image run starts without the output (so it does the work), failed runs do not
+    count, and the reported time is the median of the others."""
+    out = tmp_path / "one.json"
+    marker = tmp_path / "runs"
+    code = ("import pathlib, sys, time; out = pathlib.Path(sys.argv[1]); "
+            "runs = pathlib.Path(sys.argv[2]); n = len(runs.read_text()) if runs.exists() else 0; "
+            "runs.write_text('x' * (n + 1)); assert not out.exists(), 'output left over'; "
+            "time.sleep([0.3, 0.1, 0.2, 0.0][n]); sys.exit(3) if n == 3 else out.write_text('{}')")
+    res = compare_reference.cold_start(
+        lambda o: [sys.executable, "-c", code, str(o), str(marker)], out, {**os.environ}, runs=4)
+    walls = res["cold_start_runs_s"]
+    assert len(walls) == 4 and walls[3] is None and all(w is not None for w in walls[:3])
+    assert res["cold_start_s"] == sorted(walls[:3])[1]
+    assert 0.2 <= res["cold_start_s"] < walls[0]
 
 
 def test_tree_monitor_sums_children_started_later() -> None:
