@@ -1,6 +1,6 @@
 """`python -m edgenet ...` runs the `edgenet` command."""
 
-from edgenet.cli import main
+from edgenet.cli import console_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

@@ -242,6 +242,7 @@ class DecodeExecutor:
         self.inline_fallback = False  # workers could not start at all: decode in-process
         self._start_checked = False
         self.transfer_dir: str | None = None  # results' arrays by file, not pipe (if usable)
+        self._early: tuple[DecodeJob, cf.Future] | None = None  # see `prefetch`
         if self.workers > 0:
             self._pool = self._new_pool()
             self.transfer_dir = make_transfer_dir()
@@ -267,6 +268,9 @@ class DecodeExecutor:
     def submit(self, job: DecodeJob) -> tuple[Any, cf.Future]:
         """Submit; returns (pool, future) so a broken pool can be told from a later one."""
         if self._pool is None:
+            early, self._early = self._early, None
+            if early is not None and early[0] == job:
+                return None, early[1]
             future: cf.Future = cf.Future()
             future.set_result(run_decode_job(job))
             return None, future
@@ -324,6 +328,24 @@ class DecodeExecutor:
             except Exception as err:  # noqa: BLE001 - e.g. a result that cannot be pickled
                 return DecodeResult(filepath=job.filepath, error=f"{type(err).__name__}: {err}")
         raise AssertionError("unreachable")
+
+    def prefetch(self, job: DecodeJob) -> None:
+        """In-process decoding: start JOB on a thread now, while the models load; the first
+        `submit` takes its result if it asks for the same job (else it is dropped).
+
+        Why: decoding and letterboxing the first image (~0.07 s for 3 MP) would otherwise
+        wait for the sessions; Pillow and OpenCV release the GIL while they work, and loading
+        is mostly onnxruntime's C++ (benchmarks/NOTES.md, entry 18). Workers need no help:
+        their pool starts decoding as soon as the pipeline submits."""
+        if self._pool is not None or self._early is not None:
+            return
+        future: cf.Future = cf.Future()
+
+        def decode() -> None:
+            future.set_result(run_decode_job(job))  # never raises
+
+        threading.Thread(target=decode, name="edgenet-first-decode", daemon=True).start()
+        self._early = (job, future)
 
     def warm(self) -> None:
         """Start the workers now (spawn + imports), e.g. while the models load."""

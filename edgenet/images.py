@@ -27,8 +27,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,6 +112,10 @@ def _url_max_bytes() -> int:
 
 def _fetch_url(url: str, timeout: float) -> bytes:
     """Download an image with a timeout and a size cap; raise ImageLoadError on any failure."""
+    # Imported here: urllib.request brings http, ssl and email (~17 ms of every start).
+    import urllib.error
+    import urllib.request
+
     cap = _url_max_bytes()
     req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:

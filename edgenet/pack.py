@@ -356,6 +356,7 @@ class ModelPack:
             for p in files:  # model files are hashed on first use only (see `_load`)
                 if p in self.checksums:
                     _verify_sha256(p, self.checksums[p])
+            self._check_io(files)
             return files
         have = ", ".join(sorted({self.precision, *self.variants})) or self.precision
         raise PackError(
@@ -364,6 +365,18 @@ class ModelPack:
             fix=f"run without --precision {precision}, or build the variant with "
             "`edgenet convert pack SRC DST --variants " + precision + "`",
         )
+
+    def _check_io(self, files: PackFiles) -> None:
+        """Read and check a variant's model inputs/outputs on first use (`_load` does the
+        base pair): an fp32 run need not parse the int8 and fp16 graphs."""
+        for p in files:
+            if p not in self.onnx_io:
+                self.onnx_io[p] = read_onnx_io(p)
+        notes: list[str] = []
+        _check_detector(files.detector, self.onnx_io[files.detector])
+        _check_classifier(files.classifier, self.onnx_io[files.classifier], len(self.labels),
+                          self.classifier_labels, notes)
+        self.notes.extend(n for n in notes if n not in self.notes)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify_checksums: bool = True) -> ModelPack:
@@ -524,12 +537,12 @@ def _load(root: Path, verify: bool) -> ModelPack:
     labels = read_labels(files["classifier_labels"])
     notes: list[str] = []
     onnx_io: dict[Path, OnnxIO] = {}
-    for det, cls_ in [(files["detector"], files["classifier"]), *variants.values()]:
-        for p in (det, cls_):
-            if p not in onnx_io:
-                onnx_io[p] = read_onnx_io(p)
-        _check_detector(det, onnx_io[det])
-        _check_classifier(cls_, onnx_io[cls_], len(labels), files["classifier_labels"], notes)
+    # The base pair only; each variant's pair is read when it is asked for (`variant()`).
+    det, cls_ = files["detector"], files["classifier"]
+    for p in (det, cls_):
+        onnx_io[p] = read_onnx_io(p)
+    _check_detector(det, onnx_io[det])
+    _check_classifier(cls_, onnx_io[cls_], len(labels), files["classifier_labels"], notes)
 
     return ModelPack(
         root=root.resolve(),

@@ -657,15 +657,8 @@ class PipelineRun:
             return self._classifier_stage(
                 self._ahead(self._classifier_only_decode(executor, items), "edgenet-decode")
             )
-        crops_at_decode = "full_image" if (mode == "full" and self.whole_image) else None
-        keep_image = mode == "full" and not self.whole_image and executor.workers == 0
-        # With workers, the decoded pixels wait in /dev/shm for the crop job (one decode per
-        # image, not two), where that folder exists and has room (result_transfer.save_frame).
-        keep_frame = mode == "full" and not self.whole_image and executor.transfer_dir is not None
-
         def job(item: _Item) -> DecodeJob:
-            return DecodeJob(item.filepath, letterbox=True, keep_image=keep_image,
-                             crops=crops_at_decode, keep_frame=keep_frame)
+            return detector_decode_job(item.filepath, mode, self.whole_image, executor)
 
         # With overlap (GPU providers), three threads: decode results + batching + input
         # tensors | detector runs + NMS + crops | classifier + ensemble (the caller's).
@@ -823,6 +816,33 @@ def _default_geolocate() -> Callable[[dict], dict | None]:
         }
 
     return fallback
+
+
+def detector_decode_job(filepath: str, mode: str, whole_image: bool,
+                        executor: DecodeExecutor) -> DecodeJob:
+    """The decode job of an image in a mode that runs the detector ("full" or "detector")."""
+    crops_at_decode = "full_image" if (mode == "full" and whole_image) else None
+    keep_image = mode == "full" and not whole_image and executor.workers == 0
+    # With workers, the decoded pixels wait in /dev/shm for the crop job (one decode per
+    # image, not two), where that folder exists and has room (result_transfer.save_frame).
+    keep_frame = mode == "full" and not whole_image and executor.transfer_dir is not None
+    return DecodeJob(filepath, letterbox=True, keep_image=keep_image, crops=crops_at_decode,
+                     keep_frame=keep_frame)
+
+
+def prefetch_first_image(config: PipelineConfig, executor: DecodeExecutor) -> None:
+    """Decode the first image still to do while the models load (`DecodeExecutor.prefetch`).
+
+    The pack's type is not known yet: the job assumes a crop classifier (SpeciesNet's own
+    models); with a whole-image classifier the pipeline asks for another job and this one is
+    dropped, which costs one decode on a spare thread and changes no result."""
+    if config.mode not in ("full", "detector"):
+        return
+    done = config.partial_predictions or {}
+    first = next((inst["filepath"] for inst in config.instances
+                  if inst["filepath"] not in done), None)
+    if first is not None:
+        executor.prefetch(detector_decode_job(first, config.mode, False, executor))
 
 
 def run_pipeline(config: PipelineConfig, components: Components | None = None) -> tuple[dict, dict]:

@@ -567,6 +567,22 @@ def test_cold_start_is_the_median_of_runs_that_did_the_work(tmp_path: Path) -> N
     assert 0.2 <= res["cold_start_s"] < walls[0]
 
 
+def test_compile_bytecode_writes_pyc_even_where_python_would_not(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """The side-by-side script compiles edgenet's modules as `pip install` does, also where
+    PYTHONDONTWRITEBYTECODE stops a normal import from writing them."""
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("X = 1\n")
+    (pkg / "mod.py").write_text("def f():\n    return 2\n")
+    assert compare_reference.compile_bytecode(pkg)
+    assert {p.name.split(".")[0] for p in (pkg / "__pycache__").glob("*.pyc")} == {"__init__",
+                                                                                  "mod"}
+    (pkg / "bad.py").write_text("def (:\n")
+    assert not compare_reference.compile_bytecode(pkg)
+
+
 def test_tree_monitor_sums_children_started_later() -> None:
     """The poller re-lists the tree every `children_every` s: a child that starts after the
     first listing and holds 120 MB is summed with its parent's (~60 MB) RSS."""

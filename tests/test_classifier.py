@@ -408,6 +408,59 @@ def test_fma32_single_rounding() -> None:
         assert got[i] == _round_to_f32_exact(exact)
 
 
+def test_fast_resize_equals_the_exact_emulation_everywhere(monkeypatch) -> None:
+    """The generic kernel's float32 estimate plus exact fix-up gives, value for value, what
+    the exact fma emulation (the torch-verified arithmetic) gives at every output pixel:
+    random, flat, black-and-white, gradient and low-contrast images, crops in and off the
+    image, up- and downscaled. The fix-up path must have been taken."""
+    from edgenet import classifier as cls
+
+    fixed = []
+    real_exact = cls._exact_values
+
+    def counting_exact(*args):
+        values = real_exact(*args)
+        fixed.append(len(values))
+        return values
+
+    monkeypatch.setattr(cls, "_exact_values", counting_exact)
+    rng = np.random.default_rng(11)
+    out_size = 480
+    grid_i, grid_j, grid_c = (g.ravel() for g in np.meshgrid(
+        np.arange(out_size), np.arange(out_size), np.arange(3), indexing="ij"))
+    checked = 0
+    for trial in range(20):
+        h, w = int(rng.integers(2, 1300)), int(rng.integers(2, 1700))
+        kind = trial % 5
+        if kind == 0:
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        elif kind == 1:
+            img = np.full((h, w, 3), rng.integers(0, 256), dtype=np.uint8)
+        elif kind == 2:
+            img = (rng.integers(0, 2, (h, w, 3)) * 255).astype(np.uint8)
+        elif kind == 3:
+            img = (np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3))).astype(np.uint8)
+        else:
+            img = np.clip(rng.normal(128, 3, (h, w, 3)), 0, 255).astype(np.uint8)
+        top, left = int(rng.integers(-h // 3, h)), int(rng.integers(-w // 3, w))
+        rows = cls._crop_axis(h, top, int(rng.integers(1, h + 1)))
+        cols = cls._crop_axis(w, left, int(rng.integers(1, w + 1)))
+        if len(rows) == 0 or len(cols) == 0:
+            continue
+        y0, y1, wy0, wy1 = cls._linear_table(len(rows), out_size)
+        x0, x1, wx0, wx1 = cls._linear_table(len(cols), out_size)
+        got = cls._resize_crop(img, rows, cols, kernel="generic")
+        want = real_exact(img, (rows[y0][grid_i], rows[y1][grid_i]),
+                          (cols[x0][grid_j], cols[x1][grid_j]),
+                          (wy0[grid_i], wy1[grid_i]), (wx0[grid_j], wx1[grid_j]), grid_c)
+        np.testing.assert_array_equal(got, want.reshape(out_size, out_size, 3),
+                                      err_msg=f"{h}x{w} rows {top}+{len(rows)} cols "
+                                              f"{left}+{len(cols)}")
+        checked += 1
+    assert checked >= 15
+    assert fixed and sum(fixed) > 0
+
+
 def test_topk_orders_tied_scores_as_torch_does() -> None:
     """A saturated softmax leaves exact 0.0 ties behind the top class; speciesnet reports k
     classes anyway, in torch.topk's (libstdc++ partial_sort) order."""

@@ -156,6 +156,52 @@ def test_stdout_without_predictions_json(capsys, tiny) -> None:
     assert [p["filepath"] for p in json.loads(out)["predictions"]] == files
 
 
+def test_console_exit_flushes_a_piped_stdout(tiny) -> None:
+    """`python -m edgenet` leaves through `os._exit` after a command: everything it printed
+    to a pipe still arrives, and the exit code is the command's."""
+    files = sorted(str(p) for p in tiny["imgs"].glob("img*.jpg"))
+    args = [x for f in files for x in ("--filepaths", f)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgenet", "run", "--model", str(tiny["pack"]), "-q",
+         "--workers", "0", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [p["filepath"] for p in json.loads(proc.stdout)["predictions"]] == files
+    bad = subprocess.run([sys.executable, "-m", "edgenet", "run", "--model", "/nonexistent"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert bad.returncode == cli.EXIT_USER_ERROR
+    assert "edgenet: error:" in bad.stderr
+
+
+def test_quick_exit_waits_for_children_and_busy_threads(monkeypatch) -> None:
+    """The teardown is skipped only when nothing still needs it."""
+    import threading
+
+    monkeypatch.delitem(sys.modules, "coverage", raising=False)
+    monkeypatch.setattr(sys, "gettrace", lambda: None)
+    monkeypatch.setattr(sys, "getprofile", lambda: None)
+    assert cli._exit_is_safe()
+    release = threading.Event()
+    busy = threading.Thread(target=release.wait, name="writer")
+    busy.start()
+    try:
+        assert not cli._exit_is_safe()
+    finally:
+        release.set()
+        busy.join()
+    idle_pool = threading.Thread(target=lambda: None, name="edgenet-crop_0")
+    monkeypatch.setattr(threading, "enumerate", lambda: [threading.main_thread(), idle_pool])
+    assert cli._exit_is_safe()
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "active_children", lambda: ["child"])
+    assert not cli._exit_is_safe()
+    monkeypatch.setitem(sys.modules, "coverage", sys)
+    monkeypatch.setattr(multiprocessing, "active_children", lambda: [])
+    assert not cli._exit_is_safe()
+
+
 def test_run_never_imports_training_frameworks(tiny, tmp_path) -> None:
     code = (
         "import sys; from edgenet.cli import main; "

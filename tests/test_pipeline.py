@@ -443,6 +443,50 @@ def test_write_failure_stops_with_clear_error_and_keeps_old_file(tiny, tmp_path,
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
 
 
+def test_first_image_prefetch_is_used_once_and_only_when_it_matches(tiny, baseline,
+                                                                     monkeypatch) -> None:
+    """In-process decoding: the first image still to do is decoded while the models load;
+    the pipeline takes that result for the same job (the JSON is unchanged), a different job
+    is decoded afresh, and a resumed run prefetches the first image it has not done."""
+    from edgenet import decode_workers
+
+    calls: list[str] = []
+    real = decode_workers.run_decode_job
+
+    def counted(job):
+        calls.append(job.filepath)
+        return real(job)
+
+    monkeypatch.setattr(decode_workers, "run_decode_job", counted)
+    config = pipeline.PipelineConfig(instances=tiny["instances"], model=tiny["pack"],
+                                     batch_size=1, workers=0, handle_signals=False)
+    executor = pipeline.DecodeExecutor(0)
+    pipeline.prefetch_first_image(config, executor)
+    first = tiny["instances"][0]["filepath"]
+    executor._early[1].result(timeout=60)
+    assert calls == [first]
+    preds, _ = pipeline.PipelineRun(config, executor=executor).run()
+    assert preds == baseline
+    assert calls.count(first) == 1  # the prefetched decode was used (crops cut from it)
+    assert executor._early is None
+
+    calls.clear()
+    other = pipeline.DecodeExecutor(0)
+    other.prefetch(pipeline.detector_decode_job(first, "detector", False, other))
+    other._early[1].result(timeout=60)
+    full_job = pipeline.detector_decode_job(first, "full", False, other)
+    assert other.result(other.submit(full_job), full_job).image is not None  # not the early one
+    assert calls == [first, first]
+
+    done = {first: baseline["predictions"][0]}
+    resumed = pipeline.PipelineConfig(instances=tiny["instances"], model=tiny["pack"],
+                                      partial_predictions=done, workers=0)
+    third = pipeline.DecodeExecutor(0)
+    pipeline.prefetch_first_image(resumed, third)
+    assert third._early[0].filepath == tiny["instances"][1]["filepath"]
+    third._early[1].result(timeout=60)
+
+
 def test_run_timed_for_bench(tiny) -> None:
     files = [i["filepath"] for i in tiny["instances"][:3]]
     report = pipeline.run_timed(model=tiny["pack"], filepaths=files, batch_size=2)
