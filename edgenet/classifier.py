@@ -245,8 +245,9 @@ def _generic_kernel(
        the exact y cannot cross: every term is >= 0) its truncation could differ from the
        reference's: those values, ~0.1% of a real crop, are recomputed exactly
        (`_exact_values`); everywhere else trunc(y') == trunc(y).
-    The exact emulation alone costs twice as much (float64 fma emulation over every value):
-    27 crops of a 3 MP image 0.38 -> 0.19 s on one core (benchmarks/NOTES.md, entry 18).
+    The exact emulation alone (float64 fma emulation over every value) costs about twice as
+    much: 27 crops of a 3 MP image took 0.38 s on one core with it, 0.21-0.25 s this way
+    (benchmarks/NOTES.md, entry 18).
     """
     wy0, wy1 = wy
     wx0, wx1 = wx
