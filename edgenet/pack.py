@@ -367,16 +367,19 @@ class ModelPack:
         )
 
     def _check_io(self, files: PackFiles) -> None:
-        """Read and check a variant's model inputs/outputs on first use (`_load` does the
-        base pair): an fp32 run need not parse the int8 and fp16 graphs."""
-        for p in files:
-            if p not in self.onnx_io:
-                self.onnx_io[p] = read_onnx_io(p)
-        notes: list[str] = []
-        _check_detector(files.detector, self.onnx_io[files.detector])
-        _check_classifier(files.classifier, self.onnx_io[files.classifier], len(self.labels),
-                          self.classifier_labels, notes)
-        self.notes.extend(n for n in notes if n not in self.notes)
+        """Read and check the inputs/outputs of those of FILES not read yet: the base pair
+        when the pack loads, a variant's pair when `variant()` first asks for it (an fp32
+        run need not parse the int8 and fp16 graphs). A file is remembered only once it
+        passed its check."""
+        if files.detector not in self.onnx_io:
+            io_ = read_onnx_io(files.detector)
+            _check_detector(files.detector, io_)
+            self.onnx_io[files.detector] = io_
+        if files.classifier not in self.onnx_io:
+            io_ = read_onnx_io(files.classifier)
+            _check_classifier(files.classifier, io_, len(self.labels), self.classifier_labels,
+                              self.notes)
+            self.onnx_io[files.classifier] = io_
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify_checksums: bool = True) -> ModelPack:
@@ -535,16 +538,7 @@ def _load(root: Path, verify: bool) -> ModelPack:
             _verify_sha256(p, want)
 
     labels = read_labels(files["classifier_labels"])
-    notes: list[str] = []
-    onnx_io: dict[Path, OnnxIO] = {}
-    # The base pair only; each variant's pair is read when it is asked for (`variant()`).
-    det, cls_ = files["detector"], files["classifier"]
-    for p in (det, cls_):
-        onnx_io[p] = read_onnx_io(p)
-    _check_detector(det, onnx_io[det])
-    _check_classifier(cls_, onnx_io[cls_], len(labels), files["classifier_labels"], notes)
-
-    return ModelPack(
+    pack = ModelPack(
         root=root.resolve(),
         version=info["version"],
         type=info["type"],
@@ -560,7 +554,8 @@ def _load(root: Path, verify: bool) -> ModelPack:
         variants={k: PackFiles(v.detector.resolve(), v.classifier.resolve())
                   for k, v in variants.items()},
         fidelity=fidelity.resolve() if fidelity else None,
-        onnx_io={k.resolve(): v for k, v in onnx_io.items()},
-        notes=notes,
         checksums=checksums if verify else {},
     )
+    # The base pair only; each variant's pair is read when it is asked for (`variant()`).
+    pack._check_io(PackFiles(pack.detector, pack.classifier))
+    return pack

@@ -62,7 +62,8 @@ def crop_threads() -> int:
     Cutting a crop is numpy work that releases the GIL, and in the CPU pipeline nothing else
     runs while an image's crops are cut (the detector is done, the classifier waits for them):
     27 crops of a 3 MP image took 0.39 s on one thread and 0.23 s on two (2-core CPU,
-    benchmarks/NOTES.md entry 17), the same bytes. Decode workers cut on one thread each:
+    benchmarks/NOTES.md entry 17), the same bytes; with entry 18's cheaper kernel 0.21-0.25 s
+    and 0.115 s. Decode workers cut on one thread each:
     they are already one process per core.
     """
     return max(1, min(4, usable_cpus()))
