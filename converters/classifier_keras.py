@@ -3,7 +3,8 @@
 Why subprocesses: TensorFlow and torch/onnx2torch in one process segfault here, and a Keras 2
 file needs `TF_USE_LEGACY_KERAS=1` set before TensorFlow is first imported. So the public
 function only orchestrates: it runs `python -m converters.classifier_keras convert ...` with the
-right Keras selected, and the child loads, converts, verifies and writes a JSON report.
+right Keras selected, and the child loads, converts, verifies and writes a JSON report (both
+sides shared with the PyTorch converter: `converters/child.py`).
 
 Formats: `.keras` (zip; `metadata.json` names the Keras version that wrote it), `.h5` (HDF5;
 root attribute `keras_version`) and TensorFlow SavedModel directories. A file is first opened
@@ -16,62 +17,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from converters.child import (
+    EXIT_LOAD_FAILED,
+    child_convert_main,
+    convert_in_child,
+    finish_conversion,
+    installed_versions,
+)
 from converters.efficientnet import (
-    FP32_REL_TOLERANCE,
     IMG_SIZE,
     ONNX_INPUT_NAME,
     ONNX_OUTPUT_NAME,
     check_inputs,
-    grouped_fidelity,
-    run_onnx,
-    set_onnx_metadata,
-    sha256_file,
 )
 from converters.errors import ConvertError
 
 MAX_TF2ONNX_OPSET = 18
 
-#: Exit code of the child when the model file could not be loaded by the Keras it tried.
-_EXIT_LOAD_FAILED = 3
-#: Exit code of the child when the converted graph is out of tolerance.
-_EXIT_FIDELITY = 4
-
 
 # ----------------------------------------------------------------------------- parent side
-
-
-def _repo_env(legacy: bool) -> dict[str, str]:
-    """Environment for a framework child: repo importable, quiet TF, Keras 2 or 3 selected."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    if legacy:
-        env["TF_USE_LEGACY_KERAS"] = "1"
-    else:
-        env.pop("TF_USE_LEGACY_KERAS", None)
-    return env
-
-
-def run_child(module: str, args: list[str], *, legacy: bool = False) -> subprocess.CompletedProcess:
-    """Runs `python -m module args` in a fresh interpreter, capturing its output."""
-    cmd = [sys.executable, "-m", module, *args]
-    return subprocess.run(
-        cmd, env=_repo_env(legacy), capture_output=True, text=True, check=False
-    )
-
-
-def _tail(text: str, n: int = 25) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return "\n".join(lines[-n:])
 
 
 def detect_keras_format(src: Path) -> str:
@@ -137,45 +106,15 @@ def convert_keras_classifier(
         raise ConvertError(f"opset {opset} is not supported by tf2onnx (max 18)", path=src,
                            fix="use --opset 17 (default) or 18")
     fmt = detect_keras_format(src)
-    order = {"keras3": [False, True], "keras2": [True, False], "savedmodel": [False, True]}[fmt]
-    dst_onnx.parent.mkdir(parents=True, exist_ok=True)
-    attempts = []
-    with tempfile.TemporaryDirectory(dir=dst_onnx.parent, prefix=".kconv-") as td:
-        report_path = Path(td) / "report.json"
-        tmp_onnx = Path(td) / "model.onnx"
-        args = ["convert", "--src", str(src), "--dst", str(tmp_onnx), "--opset", str(opset),
-                "--report", str(report_path)]
-        if check_images is not None:
-            args += ["--check-images", json.dumps([str(p) for p in check_images])]
-        for legacy in order:
-            proc = run_child("converters.classifier_keras", args, legacy=legacy)
-            if proc.returncode == 0:
-                break
-            which = "tf_keras (Keras 2)" if legacy else "Keras 3"
-            if proc.returncode == _EXIT_FIDELITY:
-                report = json.loads(report_path.read_text())
-                raise ConvertError(
-                    "converted ONNX does not match the Keras model: "
-                    + "; ".join(report.get("failures", [])),
-                    path=src,
-                    fix="report this model; the fidelity report is: "
-                    + json.dumps(report.get("fidelity", {})),
-                )
-            attempts.append(f"[{which}, exit {proc.returncode}]\n{_tail(proc.stderr)}")
-            if proc.returncode != _EXIT_LOAD_FAILED:
-                break
-        else:
-            proc = None
-        if proc is None or proc.returncode != 0:
-            raise ConvertError(
-                "could not convert the Keras classifier:\n" + "\n".join(attempts), path=src,
-                fix="install the convert extra (tensorflow-cpu, tf2onnx; tf-keras for Keras 2 "
-                "files: pip install --no-deps tf-keras) and check the file is not truncated",
-            )
-        report = json.loads(report_path.read_text())
-        os.replace(tmp_onnx, dst_onnx)
-    report["onnx"] = str(dst_onnx)
-    return report
+    # The Keras that wrote the file first; the other one if that cannot load it.
+    keras2, keras3 = (True, "tf_keras (Keras 2)"), (False, "Keras 3")
+    return convert_in_child(
+        "converters.classifier_keras", src, dst_onnx, opset=opset, check_images=check_images,
+        attempts=[keras2, keras3] if fmt == "keras2" else [keras3, keras2],
+        source_name="the Keras classifier",
+        fix="install the convert extra (tensorflow-cpu, tf2onnx; tf-keras for Keras 2 files: "
+        "pip install --no-deps tf-keras) and check the file is not truncated",
+    )
 
 
 # ----------------------------------------------------------------------------- child side
@@ -262,20 +201,11 @@ def load_keras_source(src: Path) -> tuple[Any, str]:
 
 def versions() -> dict[str, str]:
     """Versions of the libraries on the TF side (for the report and ONNX metadata)."""
-    import importlib.metadata as md
-
-    out = {}
-    for dist in ("tensorflow-cpu", "tensorflow", "keras", "tf_keras", "tf2onnx", "onnx",
-                 "onnxruntime", "numpy"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return out
+    return installed_versions(("tensorflow-cpu", "tensorflow", "keras", "tf_keras", "tf2onnx",
+                               "onnx", "onnxruntime", "numpy"))
 
 
 def _child_convert(ns: argparse.Namespace) -> int:
-    import numpy as np
     import onnx
 
     src = Path(ns.src)
@@ -283,7 +213,7 @@ def _child_convert(ns: argparse.Namespace) -> int:
         model, loader = load_keras_source(src)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which may retry
         print(f"load failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return _EXIT_LOAD_FAILED
+        return EXIT_LOAD_FAILED
     if hasattr(model, "layers"):
         shape = tuple(model.inputs[0].shape)
         if tuple(shape[1:]) != (IMG_SIZE, IMG_SIZE, 3):
@@ -295,54 +225,16 @@ def _child_convert(ns: argparse.Namespace) -> int:
     check = json.loads(ns.check_images) if ns.check_images else None
     x, names = check_inputs([Path(p) for p in check] if check is not None else None)
     ref = keras_logits(model, x)
-    num_labels = int(ref.shape[-1])
-    meta = {
-        "edgenet.kind": "speciesnet-classifier",
-        "edgenet.source": src.name,
-        "edgenet.source_sha256": sha256_file(src),
-        "edgenet.source_framework": loader,
-        "edgenet.num_labels": num_labels,
-        "edgenet.input_layout": "NHWC float32 [0,1] 480x480",
-        "edgenet.precision": "fp32",
-        "edgenet.converter": "tf2onnx",
-        "edgenet.converter_versions": json.dumps(versions(), sort_keys=True),
-    }
-    set_onnx_metadata(proto, meta)
     dst = Path(ns.dst)
     onnx.save(proto, str(dst))
-    got = run_onnx(dst, x)
-    cmp, failures = grouped_fidelity(ref, got, names)
-    # Dynamic batch: batch of one must equal the same row computed inside a bigger batch.
-    single = run_onnx(dst, x[:1], batch=1)
-    cmp["batch1_max_abs_diff_vs_batched"] = float(np.abs(single - got[:1]).max())
-    if got.shape != (len(x), num_labels):
-        failures.append(f"ONNX output shape {got.shape} != {(len(x), num_labels)}")
-    report = {
-        "source": src.name,
-        "source_sha256": meta["edgenet.source_sha256"],
-        "source_framework": loader,
-        "num_labels": num_labels,
-        "opset": ns.opset,
-        "precision": "fp32",
-        "tolerance": {"max_rel_diff": FP32_REL_TOLERANCE,
-                      "definition": "max|onnx - source| / max|source logits|"},
-        "inputs": names,
-        "fidelity": cmp,
-        "versions": versions(),
-        "failures": failures,
-    }
-    if not failures:
-        # The fidelity numbers travel with the graph so a pack can be audited later.
-        set_onnx_metadata(proto, {"edgenet.fidelity": json.dumps(cmp, sort_keys=True)})
-        onnx.save(proto, str(dst))
-    Path(ns.report).write_text(json.dumps(report, indent=2))
-    return _EXIT_FIDELITY if failures else 0
+    return finish_conversion(
+        dst, ref, x, names, src=src, source_framework=loader, converter="tf2onnx",
+        versions=versions(), opset=ns.opset, report_path=Path(ns.report),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: `python -m converters.classifier_keras convert ...`."""
-    from converters.efficientnet import child_convert_main
-
     return child_convert_main("converters.classifier_keras", _child_convert, argv)
 
 

@@ -18,29 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-from converters.classifier_keras import run_child
+from converters.child import (
+    EXIT_LOAD_FAILED,
+    child_convert_main,
+    convert_in_child,
+    finish_conversion,
+    installed_versions,
+)
 from converters.efficientnet import (
-    FP32_REL_TOLERANCE,
     IMG_SIZE,
     ONNX_INPUT_NAME,
     ONNX_OUTPUT_NAME,
     check_inputs,
-    grouped_fidelity,
-    run_onnx,
-    set_onnx_metadata,
-    sha256_file,
 )
 from converters.errors import ConvertError
-
-_EXIT_LOAD_FAILED = 3
-_EXIT_FIDELITY = 4
 
 
 def convert_torch_classifier(
@@ -65,52 +61,15 @@ def convert_torch_classifier(
     if not 7 <= opset <= 21:
         raise ConvertError(f"opset {opset} is not supported", path=src_pt,
                            fix="use --opset 17 (default)")
-    dst_onnx.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dst_onnx.parent, prefix=".tconv-") as td:
-        report_path = Path(td) / "report.json"
-        tmp_onnx = Path(td) / "model.onnx"
-        args = ["convert", "--src", str(src_pt), "--dst", str(tmp_onnx), "--opset", str(opset),
-                "--report", str(report_path)]
-        if check_images is not None:
-            args += ["--check-images", json.dumps([str(p) for p in check_images])]
-        proc = run_child("converters.classifier_torch", args)
-        if proc.returncode == _EXIT_FIDELITY:
-            report = json.loads(report_path.read_text())
-            raise ConvertError(
-                "converted ONNX does not match the PyTorch model: "
-                + "; ".join(report.get("failures", [])),
-                path=src_pt,
-                fix="report this model; fidelity: " + json.dumps(report.get("fidelity", {})),
-            )
-        if proc.returncode != 0:
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()][-25:]
-            what = ("could not load the .pt (needs torch and onnx2torch; it must be a whole "
-                    "pickled module)" if proc.returncode == _EXIT_LOAD_FAILED
-                    else "could not convert the PyTorch classifier")
-            raise ConvertError(
-                what + ":\n" + "\n".join(lines), path=src_pt,
-                fix="install the convert extra (torch, onnx2torch, onnx) and check the file is "
-                "the SpeciesNet classifier .pt, not truncated",
-            )
-        report = json.loads(report_path.read_text())
-        os.replace(tmp_onnx, dst_onnx)
-    report["onnx"] = str(dst_onnx)
-    return report
+    return convert_in_child(
+        "converters.classifier_torch", src_pt, dst_onnx, opset=opset, check_images=check_images,
+        attempts=[(False, "torch")], source_name="the PyTorch classifier",
+        fix="install the convert extra (torch, onnx2torch, onnx) and check the file is the "
+        "SpeciesNet classifier .pt (a whole pickled module), not truncated",
+    )
 
 
 # ----------------------------------------------------------------------------- child side
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for dist in ("torch", "onnx2torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return out
 
 
 def torch_logits(module: Any, x: Any, batch: int = 4) -> Any:
@@ -155,8 +114,6 @@ def export_module(module: Any, dst: Path, opset: int) -> str:
 
 
 def _child_convert(ns: argparse.Namespace) -> int:
-    import numpy as np
-    import onnx
     import torch
 
     src = Path(ns.src)
@@ -167,7 +124,7 @@ def _child_convert(ns: argparse.Namespace) -> int:
         module = module.float().eval()
     except Exception as exc:  # noqa: BLE001 - reported to the parent as a load failure
         print(f"load failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return _EXIT_LOAD_FAILED
+        return EXIT_LOAD_FAILED
     for p in module.parameters():
         p.requires_grad_(False)
     dst = Path(ns.dst)
@@ -175,53 +132,17 @@ def _child_convert(ns: argparse.Namespace) -> int:
     check = json.loads(ns.check_images) if ns.check_images else None
     x, names = check_inputs([Path(p) for p in check] if check is not None else None)
     ref = torch_logits(module, x)
-    num_labels = int(ref.shape[-1])
-    got = run_onnx(dst, x)
-    cmp, failures = grouped_fidelity(ref, got, names)
-    single = run_onnx(dst, x[:1], batch=1)
-    cmp["batch1_max_abs_diff_vs_batched"] = float(np.abs(single - got[:1]).max())
-    if got.shape != (len(x), num_labels):
-        failures.append(f"ONNX output shape {got.shape} != {(len(x), num_labels)}")
-    versions = _versions()
-    sha = sha256_file(src)
-    report = {
-        "source": src.name,
-        "source_sha256": sha,
-        "source_framework": f"torch {torch.__version__} (onnx2torch module)",
-        "num_labels": num_labels,
-        "opset": ns.opset,
-        "exporter": exporter,
-        "precision": "fp32",
-        "tolerance": {"max_rel_diff": FP32_REL_TOLERANCE,
-                      "definition": "max|onnx - source| / max|source logits|"},
-        "inputs": names,
-        "fidelity": cmp,
-        "versions": versions,
-        "failures": failures,
-    }
-    if not failures:
-        model = onnx.load(str(dst))
-        set_onnx_metadata(model, {
-            "edgenet.kind": "speciesnet-classifier",
-            "edgenet.source": src.name,
-            "edgenet.source_sha256": sha,
-            "edgenet.source_framework": report["source_framework"],
-            "edgenet.num_labels": num_labels,
-            "edgenet.input_layout": "NHWC float32 [0,1] 480x480",
-            "edgenet.precision": "fp32",
-            "edgenet.converter": exporter,
-            "edgenet.converter_versions": json.dumps(versions, sort_keys=True),
-            "edgenet.fidelity": json.dumps(cmp, sort_keys=True),
-        })
-        onnx.save(model, str(dst))
-    Path(ns.report).write_text(json.dumps(report, indent=2))
-    return _EXIT_FIDELITY if failures else 0
+    return finish_conversion(
+        dst, ref, x, names, src=src,
+        source_framework=f"torch {torch.__version__} (onnx2torch module)", converter=exporter,
+        versions=installed_versions(("torch", "onnx2torch", "onnx", "onnxscript", "onnxruntime",
+                                     "numpy")),
+        opset=ns.opset, report_path=Path(ns.report), report_extra={"exporter": exporter},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: `python -m converters.classifier_torch convert ...`."""
-    from converters.efficientnet import child_convert_main
-
     return child_convert_main("converters.classifier_torch", _child_convert, argv)
 
 

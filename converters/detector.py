@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from converters.errors import ConvertError
+from converters.onnx_meta import stamp_onnx_file
 
 # Relative tolerance on raw outputs: box differences relative to the input extent (max(H, W)
 # px) and score differences (scores lie in [0, 1]) must stay below it. Why 1e-4: fp32 itself
@@ -51,6 +52,8 @@ DEFAULT_BOX_TOL_PX = 0.05
 # Two fp32 implementations differ from each other by about as much as each differs from
 # fp64 (times ~sqrt(2)); 4x that drift is generous yet far below what a wrong op produces.
 DRIFT_FACTOR = 4.0
+# The converted graph's description (ModelProto.doc_string).
+_DOC_STRING = "MegaDetector v5 (YOLOv5) raw predictions; converted by edgenet"
 
 
 def _sha256(path: Path) -> str:
@@ -309,21 +312,6 @@ def export_onnx(model: Any, dst: Path, opset: int = 17) -> None:
         )
 
 
-def _set_metadata(path: Path, meta: dict[str, str]) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
-    existing = {p.key: p for p in proto.metadata_props}
-    for k, v in meta.items():
-        if k in existing:
-            existing[k].value = v
-        else:
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
-    proto.doc_string = "MegaDetector v5 (YOLOv5) raw predictions; converted by edgenet"
-    onnx.save(proto, str(path))
-
-
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
@@ -523,7 +511,7 @@ def convert_detector(src_pt: Path, dst_onnx: Path, *, opset: int = 17,
             "edgenet.input": "images: N x 3 x H x W float32 RGB in [0,1], yolov5 letterbox",
             "edgenet.output": "predictions: N x rows x (5+nc): cx, cy, w, h (px), obj, classes",
         }
-        _set_metadata(tmp, meta)
+        stamp_onnx_file(tmp, meta, doc_string=_DOC_STRING)
         report = verify(model, tmp, check_images=check_images, rtol=tolerance,
                         yolov5_model=yolo_model)
         report.update({

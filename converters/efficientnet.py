@@ -266,17 +266,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def set_onnx_metadata(model: Any, meta: dict[str, Any]) -> None:
-    """Writes string metadata_props onto an onnx ModelProto (replacing same-named keys)."""
-    keep = [p for p in model.metadata_props if p.key not in meta]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for key, value in meta.items():
-        prop = model.metadata_props.add()
-        prop.key = str(key)
-        prop.value = str(value)
-
-
 def run_onnx(path: Path, x: np.ndarray, batch: int = 4) -> np.ndarray:
     """Runs an ONNX classifier on CPU in chunks (fp32, all graph optimisations on)."""
     import onnxruntime as ort
@@ -310,20 +299,3 @@ def grouped_fidelity(
         report[group] = cmp
         failures += [f"{group}: {p}" for p in fidelity_failures(cmp, rel_tol)]
     return report, failures
-
-
-def child_convert_main(prog: str, convert: Any, argv: list[str] | None = None) -> int:
-    """Entry point of a converter child process (`python -m converters.classifier_keras|torch
-    convert --src ... --dst ... --report ...`): both classifier converters run their framework
-    in a child of their own, with this one command line."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog=prog)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert")
-    c.add_argument("--src", required=True)
-    c.add_argument("--dst", required=True)
-    c.add_argument("--opset", type=int, default=17)
-    c.add_argument("--report", required=True)
-    c.add_argument("--check-images", default=None, help="JSON list of image paths")
-    return convert(ap.parse_args(argv))

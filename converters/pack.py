@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.errors import ConvertError
+from converters.onnx_meta import stamp_onnx_file
 from edgenet.errors import EdgenetError, PackError
 
 PACK_FORMAT = 1
@@ -209,20 +210,6 @@ def _onnx_io(path: Path) -> tuple[list[Any], list[Any]]:
     return [dims(i) for i in model.graph.input], [dims(o) for o in model.graph.output]
 
 
-def _add_metadata(path: Path, meta: dict[str, str]) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
-    existing = {p.key: p for p in proto.metadata_props}
-    for key, value in meta.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-
-
 def resolve_detector(src: Path, value: str, *, home: Path | None, log: LogFn,
                      progress: Any = None, manifest: Any = None) -> tuple[Path, str | None]:
     """Local detector checkpoint for info.json's `detector` (downloading a URL if needed)."""
@@ -367,12 +354,12 @@ def convert_pack(
                 f"classifier has {n_out} outputs but the labels file has {len(labels)} lines",
                 path=copies["classifier_labels"][1],
                 fix="use the labels file that belongs to this classifier")
-        _add_metadata(tmp / cls_name, {
+        stamp_onnx_file(tmp / cls_name, {
             "edgenet.labels": "\n".join(labels),
             "edgenet.model_version": info["version"],
             "edgenet.model_type": info["type"],
         })
-        _add_metadata(tmp / det_name, {"edgenet.model_version": info["version"]})
+        stamp_onnx_file(tmp / det_name, {"edgenet.model_version": info["version"]})
 
         cls_inputs = fidelity.classifier_inputs(images)
         det_inputs = fidelity.detector_inputs(images, detector_size)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from converters.classifier_keras import run_child
+from converters.child import run_child
 from converters.efficientnet import (
     IMG_SIZE,
     build_classifier,
