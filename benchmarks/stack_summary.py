@@ -11,7 +11,7 @@ profile line is `thread (TID): NAME;frame;...;frame COUNT` (`thread (TID);frame;
 thread not yet named; without `--threads`: `frame;...;frame COUNT`), frames as
 `function (file:line)`.
 For each thread this prints its samples and, for the most frequent places, the innermost
-edgenet frame and the innermost frame of all (e.g. `_run_detector` in `run_with_iobinding`),
+edgenet frame and the innermost frame of all (e.g. `run_batch` in `run_with_iobinding`),
 as a share of that thread's samples. With `--gil` data the shares say who holds the GIL: if
 the main process holds it for most of the wall time, Python work serialises the pipeline.
 """

@@ -22,6 +22,9 @@ classifier; a crop that cannot be made fails the classifier; a missing result be
 failure of that component; images not yet processed appear as failures in checkpoints (and
 are retried on resume), exactly as the reference's periodic saver writes them.
 
+The stages themselves are `edgenet/stages.py`; this module chains them for each mode, keeps
+the results, writes checkpoints and handles Ctrl-C (`edgenet/interrupts.py`).
+
 `run_pipeline(config) -> (predictions_dict, stats)` is the API used by the CLI and by
 `edgenet bench`; `stats["timings"]` holds per-stage seconds (decode, letterbox, detector,
 nms, crop, classifier, ensemble, save).
@@ -29,14 +32,11 @@ nms, crop, classifier, ensemble, save).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 import signal
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from edgenet.components import (  # noqa: F401 - re-exported: edgenet.pipeline API
@@ -59,8 +59,8 @@ from edgenet.decode_workers import (  # noqa: F401 - re-exported: edgenet.pipeli
 )
 from edgenet.errors import EdgenetError, InputError
 from edgenet.errors import warn as _warn
+from edgenet.interrupts import Interrupted, SignalGuard
 from edgenet.predictions import Checkpointer, make_predictions_dict
-from edgenet.result_transfer import drop_frame
 from edgenet.results import (  # noqa: F401 - re-exported: edgenet.pipeline API
     build_classifier_result,
     failure_result,
@@ -79,19 +79,19 @@ from edgenet.run_defaults import (  # noqa: F401 - re-exported: edgenet.pipeline
     default_batch_size,
     default_workers,
 )
+from edgenet.stages import (  # noqa: F401 - re-exported: edgenet.pipeline API
+    TIMING_KEYS,
+    ClassifierStage,
+    CropStage,
+    DetectorStage,
+    ImageWork,
+    StageContext,
+    classifier_only_decode,
+    decode_stage,
+)
 
 Mode = Literal["full", "detector", "classifier", "ensemble"]
 MODES: tuple[str, ...] = ("full", "detector", "classifier", "ensemble")
-TIMING_KEYS = (
-    "decode",
-    "letterbox",
-    "detector",
-    "nms",
-    "crop",
-    "classifier",
-    "ensemble",
-    "save",
-)
 
 
 @dataclass
@@ -143,66 +143,6 @@ class PipelineConfig:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Item:
-    """One image's state as it moves through the stages."""
-
-    filepath: str
-    instance: dict
-    decoded: bool = False
-    letterboxed: Any = None
-    orig_w: int = 0
-    orig_h: int = 0
-    image: Any = None
-    detector_result: dict | None = None
-    detections: list[dict] | None = None
-    indices: list[int] = field(default_factory=list)
-    crops: Any = None
-    crop_spec: Any = None
-    frame: Any = None  # decoded pixels kept in /dev/shm for the crop job (result_transfer)
-    classifier_failed: bool = False
-    classifications: list[Any] = field(default_factory=list)
-    crops_left: int = 0
-
-
-class Interrupted(Exception):
-    """Raised inside the run loop when SIGINT/SIGTERM asked us to stop."""
-
-
-class _SignalGuard:
-    """Turns the first SIGINT/SIGTERM into a stop request; a second SIGINT aborts at once."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _SignalGuard:
-        if self.enabled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    self._previous[sig] = signal.signal(sig, self._handle)
-                except (ValueError, OSError):
-                    pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signum
-
-    def check(self) -> None:
-        if self.requested is not None:
-            raise Interrupted
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            try:
-                signal.signal(sig, handler)
-            except (ValueError, OSError):
-                pass
-
-
 class PipelineRun:
     """One execution of the pipeline; `run()` returns `(predictions_dict, stats)`."""
 
@@ -237,12 +177,12 @@ class PipelineRun:
                           classifier_batch(config))
         _set_device_pixels(self.comps)
         self.overlap = _overlap_stages(self.comps)
-        self._crop_threads = crop_threads()  # crops cut in this process (no decode workers)
         self._ahead_streams: list[Any] = []
         self.whole_image = self.comps.whole_image
-        self.timings = dict.fromkeys(TIMING_KEYS, 0.0)
-        self._timings_lock = threading.Lock()  # stages may run on several threads (overlap)
-        self.counts = {"detector_batches": 0, "classifier_batches": 0, "crops": 0}
+        # The signal guard is made by `run()`, on the thread that runs (handlers are the main
+        # thread's only).
+        self.ctx = StageContext(config, self.comps, SignalGuard(False), self.whole_image)
+        self.timings, self.counts = self.ctx.timings, self.ctx.counts
         self.results: dict[str, dict] = {}
         self._placeholder: dict | None = None
         self._start = time.perf_counter()
@@ -266,14 +206,14 @@ class PipelineRun:
         last_instance: dict[str, dict] = {}
         for inst in instances:
             last_instance[inst["filepath"]] = inst
-        self.todo: list[_Item] = []
+        self.todo: list[ImageWork] = []
         seen: set[str] = set()
         for inst in instances:
             fp = inst["filepath"]
             if fp in seen or fp in self.partial:
                 continue
             seen.add(fp)
-            self.todo.append(_Item(filepath=fp, instance=last_instance[fp]))
+            self.todo.append(ImageWork(filepath=fp, instance=last_instance[fp]))
         self.checkpointer = Checkpointer(
             config.predictions_json,
             self.build_output,
@@ -315,270 +255,16 @@ class PipelineRun:
                 out.append(self._pending(fp))
         return make_predictions_dict(out)
 
-    # -- stages --------------------------------------------------------------------------
-
-    def _add_time(self, key: str, seconds: float) -> None:
-        with self._timings_lock:
-            self.timings[key] = self.timings.get(key, 0.0) + seconds
-
-    def _window(self, executor: DecodeExecutor) -> int:
-        """Jobs submitted ahead. Inline decoding gains nothing from read-ahead, so 1."""
-        if executor.workers == 0:
-            return 1
-        return max(2 * self.config.batch_size, 2 * executor.workers, 4)
-
-    def _decode_stage(
-        self, executor: DecodeExecutor, items: Iterable[_Item],
-        make_job: Callable[[_Item], DecodeJob],
-    ) -> Iterator[tuple[_Item, DecodeResult]]:
-        """Submit decode jobs a bounded window ahead; yield results in submission order."""
-        pending: deque[tuple[_Item, DecodeJob, tuple[Any, cf.Future]]] = deque()
-        it = iter(items)
-        exhausted = False
-        window = self._window(executor)
-        while True:
-            while not exhausted and len(pending) < window:
-                try:
-                    item = next(it)
-                except StopIteration:
-                    exhausted = True
-                    break
-                job = make_job(item)
-                pending.append((item, job, executor.submit(job)))
-            if not pending:
-                return
-            item, job, submitted = pending.popleft()
-            result = executor.result(submitted, job)
-            for key, value in result.timings.items():
-                self._add_time(key, value)
-            yield item, result
-
-    def _detector_stage(
-        self, decoded: Iterable[tuple[_Item, DecodeResult]]
-    ) -> Iterator[tuple[list[_Item], Any]]:
-        """Group equal-shaped letterboxed images into batches and build each batch's input
-        tensor: yields `(items, tensor)`, or `([item], None)` for an image that failed."""
-        groups: dict[tuple[int, ...], list[_Item]] = {}
-        order: list[tuple[int, ...]] = []
-        buffered = 0
-        bs = self.config.batch_size
-        for item, result in decoded:
-            self.guard.check()
-            if not result.ok:
-                item.detector_result = failure_result(item.filepath, Failure.DETECTOR)
-                item.detections = None
-                yield [item], None
-                continue
-            item.decoded = True
-            item.orig_w, item.orig_h = result.orig_w, result.orig_h
-            item.letterboxed = result.letterboxed
-            item.image = result.image
-            item.frame = result.frame
-            if result.crops is not None or result.crop_error:
-                item.crops = result.crops
-                item.classifier_failed = bool(result.crop_error)
-            shape = tuple(result.letterboxed.shape)
-            if shape not in groups:
-                groups[shape] = []
-                order.append(shape)
-            groups[shape].append(item)
-            buffered += 1
-            if len(groups[shape]) >= bs:
-                batch = groups.pop(shape)
-                order.remove(shape)
-                buffered -= len(batch)
-                yield self._with_tensor(batch)
-            elif buffered >= 2 * bs:
-                oldest = order.pop(0)
-                batch = groups.pop(oldest)
-                buffered -= len(batch)
-                yield self._with_tensor(batch)
-        for shape in order:
-            self.guard.check()
-            yield self._with_tensor(groups[shape])
-
-    def _with_tensor(self, batch: list[_Item]) -> tuple[list[_Item], Any]:
-        """The batch and its float input tensor (counted as detector time); a batch whose
-        tensor cannot be built fails in `_run_detector` like a failed run."""
-        t0 = time.perf_counter()
-        try:
-            tensor = self.comps.detector.to_tensor([item.letterboxed for item in batch])
-        except Exception as err:  # noqa: BLE001 - a failed batch fails its images only
-            tensor = err
-        self._add_time("detector", time.perf_counter() - t0)
-        return batch, tensor
-
-    def _detector_runs(self, batches: Iterable[tuple[list[_Item], Any]]) -> Iterator[_Item]:
-        """Run the detector on each prepared batch; yield its items with detections."""
-        for batch, tensor in batches:
-            if tensor is None:  # an image that failed before the detector
-                yield from batch
-            else:
-                yield from self._run_detector(batch, tensor)
-
-    def _run_detector(self, batch: list[_Item], tensor: Any) -> Iterator[_Item]:
-        det = self.comps.detector
-        t0 = time.perf_counter()
-        try:
-            if isinstance(tensor, Exception):
-                raise tensor
-            raw = det.infer(tensor)
-        except Exception as err:  # noqa: BLE001 - a failed batch fails its images only
-            _warn(f"detector failed on a batch of {len(batch)} image(s): {err}")
-            raw = None
-        t1 = time.perf_counter()
-        self._add_time("detector", t1 - t0)
-        self.counts["detector_batches"] += 1
-        for i, item in enumerate(batch):
-            hw = tuple(item.letterboxed.shape[:2])
-            item.letterboxed = None
-            if raw is None:
-                item.detector_result = failure_result(item.filepath, Failure.DETECTOR)
-                item.detections = None
-                continue
-            try:
-                dets = det.postprocess(raw[i], hw, item.orig_w, item.orig_h)
-                item.detections = dets
-                item.detector_result = {"filepath": item.filepath, "detections": dets}
-            except Exception as err:  # noqa: BLE001
-                _warn(f"{item.filepath}: detector postprocessing failed: {err}")
-                item.detector_result = failure_result(item.filepath, Failure.DETECTOR)
-                item.detections = None
-        self._add_time("nms", time.perf_counter() - t1)
-        yield from batch
-
-    def _crop_stage(self, executor: DecodeExecutor, items: Iterable[_Item]) -> Iterator[_Item]:
-        """Select detections and crop them (always_crop after the detector)."""
-        cfg = self.config
-        pending: deque[tuple[_Item, DecodeJob, tuple[Any, cf.Future]]] = deque()
-        window = self._window(executor)
-        for item in items:
-            self.guard.check()
-            if self.whole_image:
-                # Crops (the whole image) were made at decode time; a decode failure already
-                # fails the classifier (no image, as in the reference).
-                yield item
-                continue
-            item.indices = select_detections_for_classification(
-                item.detections or [],
-                cfg.detection_threshold_for_classification,
-                cfg.max_classifications_per_image,
-            )
-            if not item.indices:
-                drop_frame(item.frame)  # nothing to crop: its kept pixels are not needed
-                item.frame = None
-                yield item
-                continue
-            bboxes = [item.detections[i]["bbox"] for i in item.indices]  # type: ignore[index]
-            if item.image is not None:
-                t0 = time.perf_counter()
-                try:
-                    item.crops = make_crops(item.image, bboxes, self._crop_threads)
-                except Exception as err:  # noqa: BLE001
-                    _warn(f"{item.filepath}: cannot crop detections: {err}")
-                    item.classifier_failed = True
-                self._add_time("crop", time.perf_counter() - t0)
-                item.image = None
-                yield item
-                continue
-            # The crop job reads (and deletes) the kept frame instead of decoding the file
-            # again; without one, or if it is gone, it decodes as the reference does.
-            job = DecodeJob(item.filepath, crops=bboxes, frame=item.frame)
-            item.frame = None
-            pending.append((item, job, executor.submit(job)))
-            while len(pending) >= window or (pending and pending[0][2][1].done()):
-                yield self._finish_crop(executor, *pending.popleft())
-        while pending:
-            self.guard.check()
-            yield self._finish_crop(executor, *pending.popleft())
-
-    def _finish_crop(
-        self, executor: DecodeExecutor, item: _Item, job: DecodeJob,
-        submitted: tuple[Any, cf.Future],
-    ) -> _Item:
-        result = executor.result(submitted, job)
-        for key in ("decode", "crop"):
-            self._add_time(key, result.timings.get(key, 0.0))
-        if not result.ok or result.crop_error:
-            _warn(f"{item.filepath}: cannot crop detections: {result.error or result.crop_error}")
-            item.classifier_failed = True
-        else:
-            item.crops = result.crops
-        return item
-
-    def _classifier_stage(self, items: Iterable[_Item]) -> Iterator[_Item]:
-        """Batch crops across images; yield each image once all its crops are classified."""
-        bs = classifier_batch(self.config)
-        queue: list[tuple[_Item, int]] = []  # (item, crop index) awaiting the classifier
-        waiting: deque[_Item] = deque()  # items with crops in flight, in arrival order
-        for item in items:
-            self.guard.check()
-            ready = self._prepare_for_classifier(item)
-            if ready:
-                yield item
-                continue
-            waiting.append(item)
-            for k in range(item.crops_left):
-                queue.append((item, k))
-            while len(queue) >= bs:
-                self._run_classifier(queue[:bs])
-                del queue[:bs]
-                yield from _pop_finished(waiting)
-        while queue:
-            self.guard.check()
-            self._run_classifier(queue[:bs])
-            del queue[:bs]
-            yield from _pop_finished(waiting)
-        yield from _pop_finished(waiting)
-
-    def _prepare_for_classifier(self, item: _Item) -> bool:
-        """Set up the item's classification slots; True when nothing needs classifying."""
-        if item.classifier_failed or (self.whole_image and not item.decoded):
-            item.classifier_failed = True
-            return True
-        if item.crops is None:
-            # No crops: always_crop with nothing selected (or no detections at all).
-            item.classifications = []
-            return True
-        n = int(item.crops.shape[0])
-        item.classifications = [None] * n
-        item.crops_left = n
-        return n == 0
-
-    def _run_classifier(self, batch: list[tuple[_Item, int]]) -> None:
-        import numpy as np
-
-        cls = self.comps.classifier
-        t0 = time.perf_counter()
-        try:
-            arr = np.stack([item.crops[k] for item, k in batch])
-            logits = cls.infer(arr)
-            rows = cls.classifications(logits, self.num_classes)
-        except Exception as err:  # noqa: BLE001 - a failed batch fails its images only
-            _warn(f"classifier failed on a batch of {len(batch)} crop(s): {err}")
-            rows = None
-        self._add_time("classifier", time.perf_counter() - t0)
-        self.counts["classifier_batches"] += 1
-        self.counts["crops"] += len(batch)
-        for j, (item, k) in enumerate(batch):
-            if rows is None:
-                item.classifier_failed = True
-            else:
-                item.classifications[k] = rows[j]
-            item.crops_left -= 1
-            if item.crops_left == 0:
-                item.crops = None
-
     # -- finishing an image ----------------------------------------------------------------
 
-    def _classifier_result(self, item: _Item) -> dict:
+    def _classifier_result(self, item: ImageWork) -> dict:
         if item.classifier_failed:
             return failure_result(item.filepath, Failure.CLASSIFIER)
         return build_classifier_result(
             item.filepath, item.classifications, item.detections, item.indices, self.whole_image
         )
 
-    def _geolocation(self, item: _Item) -> dict | None:
+    def _geolocation(self, item: ImageWork) -> dict | None:
         try:
             return self.geolocate(item.instance)
         except Exception as err:  # noqa: BLE001 - reference: a missing result -> GEOLOCATION
@@ -610,10 +296,10 @@ class PipelineRun:
                 partial_predictions=None,
                 max_classifications_per_detection=mcpd,
             )[0]
-        self._add_time("ensemble", time.perf_counter() - t0)
+        self.ctx.add_time("ensemble", time.perf_counter() - t0)
         return result
 
-    def _finish(self, item: _Item) -> None:
+    def _finish(self, item: ImageWork) -> None:
         mode = self.config.mode
         fp = item.filepath
         if mode == "detector":
@@ -647,29 +333,31 @@ class PipelineRun:
 
     # -- driver ----------------------------------------------------------------------------
 
-    def _stream(self, executor: DecodeExecutor) -> Iterator[_Item]:
+    def _stream(self, executor: DecodeExecutor) -> Iterator[ImageWork]:
         """The stage chain for this mode, as one iterator of finished-with items."""
+        ctx = self.ctx
         mode = self.config.mode
-        items: Iterable[_Item] = self.todo
+        items: Iterable[ImageWork] = self.todo
         if mode == "ensemble":
             return iter(items)
+        classify = ClassifierStage(ctx, self.num_classes)
         if mode == "classifier":
-            return self._classifier_stage(
-                self._ahead(self._classifier_only_decode(executor, items), "edgenet-decode")
-            )
-        def job(item: _Item) -> DecodeJob:
+            return classify(self._ahead(
+                classifier_only_decode(ctx, executor, items, self._detections), "edgenet-decode"))
+
+        def job(item: ImageWork) -> DecodeJob:
             return detector_decode_job(item.filepath, mode, self.whole_image, executor)
 
         # With overlap (GPU providers), three threads: decode results + batching + input
         # tensors | detector runs + NMS + crops | classifier + ensemble (the caller's).
-        batches = self._ahead(self._detector_stage(self._decode_stage(executor, items, job)),
+        detector = DetectorStage(ctx)
+        batches = self._ahead(detector.batches(decode_stage(ctx, executor, items, job)),
                               "edgenet-decode", maxsize=1)
-        detected = self._detector_runs(batches)
+        detected = detector.runs(batches)
         if mode == "detector":
             return detected
-        return self._classifier_stage(
-            self._ahead(self._crop_stage(executor, detected), "edgenet-detect")
-        )
+        crop = CropStage(ctx, crop_threads())
+        return classify(self._ahead(crop(executor, detected), "edgenet-detect"))
 
     def _ahead(
         self, upstream: Iterator[Any], name: str, maxsize: int | None = None
@@ -683,59 +371,22 @@ class PipelineRun:
         self._ahead_streams.append(stream)
         return stream
 
-    def _classifier_only_decode(
-        self, executor: DecodeExecutor, items: Iterable[_Item]
-    ) -> Iterator[_Item]:
-        """Classifier-only: detections come from --detections-json, crops at decode time."""
-        cfg = self.config
-        to_decode: list[_Item] = []
-        for item in items:
-            if self.whole_image:
-                item.crop_spec = "full_image"
-                to_decode.append(item)
-                continue
-            prior = self._detections.get(item.filepath, {})
-            item.detections = prior.get("detections") if isinstance(prior, dict) else None
-            item.indices = select_detections_for_classification(
-                item.detections or [],
-                cfg.detection_threshold_for_classification,
-                cfg.max_classifications_per_image,
-            )
-            if item.indices:
-                item.crop_spec = [item.detections[i]["bbox"] for i in item.indices]  # type: ignore[index]
-            to_decode.append(item)
-
-        def job(item: _Item) -> DecodeJob:
-            return DecodeJob(item.filepath, crops=item.crop_spec)
-
-        undecoded = [item for item in to_decode if item.crop_spec is None]
-        for item in undecoded:
-            yield item  # nothing to classify: no need to load the image (as the reference)
-        wanted = [item for item in to_decode if item.crop_spec is not None]
-        for item, result in self._decode_stage(executor, wanted, job):
-            item.decoded = result.ok
-            if not result.ok or result.crop_error:
-                item.classifier_failed = True
-            else:
-                item.crops = result.crops
-            yield item
-
     def run(self) -> tuple[dict, dict]:
         """Process every remaining image; save; return `(predictions_dict, stats)`."""
         cfg = self.config
         interrupted: int | None = None
         error: BaseException | None = None
-        self.guard = _SignalGuard(cfg.handle_signals)
+        guard = self.ctx.guard = SignalGuard(cfg.handle_signals)
         executor: DecodeExecutor | None = self._executor
-        with self.guard:
+        with guard:
             try:
                 if executor is None:
                     executor = DecodeExecutor(cfg.workers if cfg.mode != "ensemble" else 0)
                 for item in self._stream(executor):
                     self._finish(item)
-                    self.guard.check()
+                    guard.check()
             except Interrupted:
-                interrupted = self.guard.requested
+                interrupted = guard.requested
             except KeyboardInterrupt:
                 interrupted = int(signal.SIGINT)
             except BaseException as err:  # save what is done, then re-raise
@@ -787,13 +438,6 @@ class PipelineRun:
             "workers": self.config.workers,
             "whole_image": self.whole_image,
         }
-
-
-def _pop_finished(waiting: deque[_Item]) -> Iterator[_Item]:
-    """Yield items at the front of `waiting` whose crops are all classified (in order)."""
-    while waiting and waiting[0].crops_left == 0:
-        yield waiting.popleft()
-    # Items behind an unfinished one wait: results are keyed, order is only for progress.
 
 
 def _default_geolocate() -> Callable[[dict], dict | None]:
@@ -876,7 +520,8 @@ def run_timed(
     quiet: bool = True,
     progress: bool = False,
 ) -> dict:
-    """Keyword-friendly wrapper for `edgenet bench`: load, run, return a flat report.
+    """Keyword-friendly timing from Python (the NOTES.md measurements): load, run, return a
+    flat report.
 
     Returns `{"predictions": predictions_dict, "stats": {stage: seconds, ...},
     "summary": full stats}`; model loading is timed separately (`summary["model_load_s"]`)

@@ -171,7 +171,7 @@ def test_overlapped_stages_give_the_same_json(tiny, baseline, batch_size, worker
 
     monkeypatch.setenv("EDGENET_OVERLAP", "1")
     threads: dict[str, set[str]] = {"run": set(), "tensor": set()}
-    real_run, real_tensor = pipeline.PipelineRun._run_detector, pipeline.PipelineRun._with_tensor
+    real_run, real_tensor = pipeline.DetectorStage.run_batch, pipeline.DetectorStage.with_tensor
 
     def spy_run(self, batch, tensor):
         threads["run"].add(threading.current_thread().name)
@@ -181,8 +181,8 @@ def test_overlapped_stages_give_the_same_json(tiny, baseline, batch_size, worker
         threads["tensor"].add(threading.current_thread().name)
         return real_tensor(self, batch)
 
-    monkeypatch.setattr(pipeline.PipelineRun, "_run_detector", spy_run)
-    monkeypatch.setattr(pipeline.PipelineRun, "_with_tensor", spy_tensor)
+    monkeypatch.setattr(pipeline.DetectorStage, "run_batch", spy_run)
+    monkeypatch.setattr(pipeline.DetectorStage, "with_tensor", spy_tensor)
     preds, stats = _run(tiny, batch_size=batch_size, workers=workers)
     assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
     assert stats["counts"]["crops"] > 0 and stats["timings"]["detector"] > 0

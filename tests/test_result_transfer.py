@@ -155,7 +155,7 @@ def test_a_pipeline_run_leaves_no_frame_behind(tmp_path: Path, monkeypatch, thre
     sys.path.insert(0, str(Path(__file__).parent))
     from tinypack import build_tiny_pack, write_images
 
-    from edgenet import decode_workers, pipeline
+    from edgenet import decode_workers, pipeline, stages
     from edgenet import predictions as P
     from edgenet.instances import prepare_instances
 
@@ -169,7 +169,7 @@ def test_a_pipeline_run_leaves_no_frame_behind(tmp_path: Path, monkeypatch, thre
 
     monkeypatch.setattr(decode_workers, "remove_transfer_dir", look_then_remove)
     crop_jobs_with_frames, dropped = [], []
-    real_submit, real_drop = decode_workers.DecodeExecutor.submit, pipeline.drop_frame
+    real_submit, real_drop = decode_workers.DecodeExecutor.submit, stages.drop_frame
 
     def submit(self, job):
         if job.crops is not None and not job.letterbox:
@@ -181,7 +181,7 @@ def test_a_pipeline_run_leaves_no_frame_behind(tmp_path: Path, monkeypatch, thre
         real_drop(frame)
 
     monkeypatch.setattr(decode_workers.DecodeExecutor, "submit", submit)
-    monkeypatch.setattr(pipeline, "drop_frame", drop)
+    monkeypatch.setattr(stages, "drop_frame", drop)
     pack = build_tiny_pack(tmp_path / "pack")
     write_images(tmp_path / "imgs")
     instances = prepare_instances(folders=[str(tmp_path / "imgs")])
