@@ -171,9 +171,8 @@ def to_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray], *,
 
 def _copy_metadata(src_model: Any, dst_model: Any, extra: dict[str, str]) -> None:
     """Carry the fp32 graph's metadata (labels, source sha256, ...) into a variant."""
+    from converters.onnx_meta import set_onnx_metadata
+
     props = {p.key: p.value for p in src_model.metadata_props}
-    props.update(extra)
     del dst_model.metadata_props[:]
-    for key, value in props.items():
-        entry = dst_model.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_onnx_metadata(dst_model, {**props, **extra})
