@@ -88,7 +88,7 @@ def _versions() -> dict[str, str]:
 def letterbox_rgb(rgb: np.ndarray, size: int = 1280, stride: int = 64) -> np.ndarray:
     """yolov5 letterbox(new_shape=size, stride=stride, auto=True)[0] of an RGB uint8 image."""
     try:
-        from edgenet.detector import letterbox
+        from edgenet.letterbox import letterbox
 
         return letterbox(rgb, size, stride)
     except ImportError:

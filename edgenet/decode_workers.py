@@ -100,8 +100,8 @@ def _exit_with_parent(sentinel: int) -> None:
 def _warm_worker() -> None:
     """Import what decode jobs need, so the first real job does not pay for it."""
     import edgenet.classifier  # noqa: F401
-    import edgenet.detector  # noqa: F401
     import edgenet.images  # noqa: F401
+    import edgenet.letterbox  # noqa: F401 - not edgenet.detector: no onnxruntime in workers
 
 
 def start_workers(workers: int) -> DecodeExecutor:
@@ -193,7 +193,7 @@ def _decode(job: DecodeJob) -> DecodeResult:
     pixels = None  # one HWC uint8 copy, shared by the letterbox, the crops and the kept frame
     if job.letterbox:
         try:
-            from edgenet.detector import letterbox
+            from edgenet.letterbox import letterbox
 
             pixels = image_array(image)
             if not job.keep_image:
