@@ -209,16 +209,3 @@ def finish_conversion(
         })
     report_path.write_text(json.dumps(report, indent=2))
     return EXIT_FIDELITY if failures else 0
-
-
-def installed_versions(dists: Sequence[str]) -> dict[str, str]:
-    """Versions of the installed distributions among DISTS (for reports and metadata)."""
-    import importlib.metadata as md
-
-    out = {}
-    for dist in dists:
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return out

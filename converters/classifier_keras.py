@@ -27,7 +27,6 @@ from converters.child import (
     child_convert_main,
     convert_in_child,
     finish_conversion,
-    installed_versions,
 )
 from converters.efficientnet import (
     IMG_SIZE,
@@ -36,6 +35,7 @@ from converters.efficientnet import (
     check_inputs,
 )
 from converters.errors import ConvertError
+from converters.onnx_meta import installed_versions
 
 MAX_TF2ONNX_OPSET = 18
 

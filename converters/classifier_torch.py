@@ -28,7 +28,6 @@ from converters.child import (
     child_convert_main,
     convert_in_child,
     finish_conversion,
-    installed_versions,
 )
 from converters.efficientnet import (
     IMG_SIZE,
@@ -37,6 +36,7 @@ from converters.efficientnet import (
     check_inputs,
 )
 from converters.errors import ConvertError
+from converters.onnx_meta import installed_versions
 
 
 def convert_torch_classifier(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +29,16 @@ def stamp_onnx_file(path: Path, meta: dict[str, Any], *, doc_string: str | None 
     if doc_string is not None:
         proto.doc_string = doc_string
     onnx.save(proto, str(path))
+
+
+def installed_versions(dists: Sequence[str]) -> dict[str, str]:
+    """Versions of the installed distributions among DISTS (for reports and metadata)."""
+    import importlib.metadata as md
+
+    out = {}
+    for dist in dists:
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return out

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.errors import ConvertError
-from converters.onnx_meta import stamp_onnx_file
+from converters.onnx_meta import installed_versions, stamp_onnx_file
 from edgenet.errors import EdgenetError, PackError
 
 PACK_FORMAT = 1
@@ -71,17 +71,9 @@ def sha256_file(path: Path) -> str:
 
 def converter_versions() -> dict[str, str]:
     """Installed versions of everything that can touch a conversion (no imports needed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist in ("edgenet", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnx2torch",
-                 "tf2onnx", "tensorflow-cpu", "tensorflow", "keras", "tf-keras", "numpy",
-                 "yolov5"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    return out
+    return installed_versions(("edgenet", "torch", "onnx", "onnxruntime", "onnxruntime-gpu",
+                               "onnx2torch", "tf2onnx", "tensorflow-cpu", "tensorflow", "keras",
+                               "tf-keras", "numpy", "yolov5"))
 
 
 def _quiet(_msg: str) -> None:

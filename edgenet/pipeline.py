@@ -182,7 +182,6 @@ class PipelineRun:
         # The signal guard is made by `run()`, on the thread that runs (handlers are the main
         # thread's only).
         self.ctx = StageContext(config, self.comps, SignalGuard(False), self.whole_image)
-        self.timings, self.counts = self.ctx.timings, self.ctx.counts
         self.results: dict[str, dict] = {}
         self._placeholder: dict | None = None
         self._start = time.perf_counter()
@@ -408,7 +407,7 @@ class PipelineRun:
                 except EdgenetError:
                     if error is None:
                         raise
-                self.timings["save"] += time.perf_counter() - t0 + self.checkpointer.save_seconds
+                self.ctx.add_time("save", time.perf_counter() - t0 + self.checkpointer.save_seconds)
         if error is not None:
             raise error
         return predictions, self._stats(predictions, interrupted)
@@ -430,8 +429,8 @@ class PipelineRun:
             "images_per_s": (done / wall) if wall > 0 else 0.0,
             "first_image_s": self._first_done,
             "model_load_s": self.comps.load_seconds,
-            "timings": dict(self.timings),
-            "counts": dict(self.counts),
+            "timings": dict(self.ctx.timings),
+            "counts": dict(self.ctx.counts),
             "checkpoints": self.checkpointer.saves,
             "batch_size": self.config.batch_size,
             "classifier_batch_size": classifier_batch(self.config),
