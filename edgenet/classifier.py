@@ -454,7 +454,8 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     return order
 
 
-def read_target_species(path: str | Path, labels: Sequence[str]) -> tuple[list[str], list[int]]:
+def read_target_species(path: str | os.PathLike[str],
+                        labels: Sequence[str]) -> tuple[list[str], list[int]]:
     """Target labels (lines kept only if they are known labels, duplicates kept, file order)
     and their label indices, as the reference builds `target_labels` / `target_idx`."""
     p = Path(path)
@@ -517,7 +518,7 @@ class ClassifierModel:
         device: str = "auto",
         threads: int | None = None,
         precision: str = "fp32",
-        target_species_txt: str | Path | None = None,
+        target_species_txt: str | os.PathLike[str] | None = None,
         session: Any | None = None,
     ) -> None:
         """Open the model (or reuse `session`, e.g. the one `ModelPack` inspected)."""

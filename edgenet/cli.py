@@ -329,7 +329,7 @@ def run_command(**opts: object) -> int:
         detections=detections,
         classifications=classifications,
         partial_predictions=partial,
-        batch_size=int(batch_size),
+        batch_size=int(batch_size),  # type: ignore[call-overload]
         classifier_batch_size=(None if o["classifier_batch_size"] is None  # type: ignore[arg-type]
                                else int(o["classifier_batch_size"])),  # type: ignore[call-overload]
         workers=None if workers is None else int(workers),  # type: ignore[call-overload]
@@ -345,7 +345,7 @@ def run_command(**opts: object) -> int:
         checkpoint_every_seconds=float(o["checkpoint_every_seconds"]),  # type: ignore[arg-type]
     )
     # Spawned decode workers start (and import) while the models load.
-    executor = pipeline.start_workers(config.workers) if mode != "ensemble" else None
+    executor = pipeline.start_workers(config.workers or 0) if mode != "ensemble" else None
     if executor is not None:
         pipeline.prefetch_first_image(config, executor)
     try:

@@ -136,7 +136,7 @@ def make_crops(image: Any, spec: Any, threads: int = 1) -> Any:
 
     if spec == "full_image":
         return np.asarray(full_image_crop(image))[None]
-    arr = image_array(image) if spec else None  # one PIL -> array copy per image, not per box
+    arr: Any = image_array(image) if spec else None  # one PIL -> array copy per image, not per box
 
     def cut(bbox: Any) -> Any:
         return np.asarray(crop_for_classifier(arr, bbox))
@@ -182,7 +182,7 @@ def _decode(job: DecodeJob) -> DecodeResult:
             _add_crops(result, frame, job.crops)
             return result
     try:
-        image = load_rgb_image(job.filepath)
+        image: Any = load_rgb_image(job.filepath)  # PIL image; None once only the array is kept
         result.orig_w, result.orig_h = image.width, image.height
     except Exception as err:  # noqa: BLE001 - any decode problem is a per-image failure
         result.error = f"{type(err).__name__}: {err}"

@@ -68,7 +68,7 @@ def summarise(predictions: dict) -> list[str]:
     """A few human lines: counts of images, failures, detections, top classes."""
     preds = predictions.get("predictions", [])
     failures = sum(1 for p in preds if p.get("failures"))
-    detections = Counter()
+    detections: Counter[str] = Counter()
     classes: Counter[str] = Counter()
     for p in preds:
         for det in p.get("detections") or []:

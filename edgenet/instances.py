@@ -117,7 +117,7 @@ def prepare_instances(
     and written with forward slashes; `--country` (and `--admin1-region`, only together with
     a country) override every instance's location.
     """
-    given = {
+    given: dict[str, object] = {
         "--instances-json": instances_json,
         "--filepaths": filepaths,
         "--filepaths-txt": filepaths_txt,

@@ -380,7 +380,7 @@ class PipelineRun:
         with guard:
             try:
                 if executor is None:
-                    executor = DecodeExecutor(cfg.workers if cfg.mode != "ensemble" else 0)
+                    executor = DecodeExecutor((cfg.workers or 0) if cfg.mode != "ensemble" else 0)
                 for item in self._stream(executor):
                     self._finish(item)
                     guard.check()

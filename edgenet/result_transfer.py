@@ -128,7 +128,7 @@ def _read_and_delete(path: str, nbytes: int) -> Any:
     buf = np.empty(nbytes, dtype=np.uint8)
     try:
         with open(path, "rb", buffering=0) as fh:
-            view, got = memoryview(buf), 0
+            view, got = buf.data, 0
             while got < nbytes:
                 n = fh.readinto(view[got:])
                 if not n:

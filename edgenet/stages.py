@@ -329,7 +329,7 @@ def classifier_only_decode(
 class ClassifierStage:
     """Crops batched across images; each image yielded once all its crops are classified."""
 
-    def __init__(self, ctx: StageContext, num_classes: int) -> None:
+    def __init__(self, ctx: StageContext, num_classes: int | None) -> None:
         self.ctx = ctx
         self.num_classes = num_classes
 

@@ -52,7 +52,7 @@ def generate_images(dst: str | Path, count: int = 8, seed: int = 0) -> list[Path
         if i % 3 == 2:  # a night (infrared) frame: grey
             img = img.mean(-1, keepdims=True).repeat(3, -1) * 0.6
         small = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-        big = np.asarray(small.resize((w, h), Image.BILINEAR), dtype=np.int16)
+        big = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), dtype=np.int16)
         big = big + rng.integers(-6, 7, big.shape, dtype=np.int16)
         path = out / f"synthetic_{i:03d}_{w}x{h}.jpg"
         Image.fromarray(np.clip(big, 0, 255).astype(np.uint8)).save(path, quality=90)

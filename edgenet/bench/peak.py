@@ -67,6 +67,8 @@ def measure_matmul_peak(
     if threads:
         so.intra_op_num_threads = int(threads)
     rng = np.random.default_rng(0)
+    a: np.ndarray
+    b: np.ndarray
     if kind == "fp32":
         a = rng.standard_normal((n, n), dtype=np.float32)
         b = rng.standard_normal((n, n), dtype=np.float32)

@@ -233,11 +233,11 @@ def run_kill_resume(
         # 1. uninterrupted run, timed.
         ref = work / "uninterrupted.json"
         t0 = time.monotonic()
-        proc = subprocess.run(command(ref), capture_output=True, text=True, timeout=timeout_s)
+        full = subprocess.run(command(ref), capture_output=True, text=True, timeout=timeout_s)
         t_full = time.monotonic() - t0
-        if proc.returncode != 0:
-            report.problems.append(f"uninterrupted run failed ({proc.returncode}): "
-                                   f"{proc.stderr[-2000:]}")
+        if full.returncode != 0:
+            report.problems.append(f"uninterrupted run failed ({full.returncode}): "
+                                   f"{full.stderr[-2000:]}")
             return report
         ref_data = json.loads(ref.read_text(encoding="utf-8"))
         filepaths = {p["filepath"] for p in ref_data["predictions"]}
