@@ -14,7 +14,9 @@ What it does (see benchmarks/README.md):
     for each requested precision, on the same images (../shared/images/speciesnet_test_data);
 (c) measures, per tool: end-to-end images/s (wall time of the whole command, start-up
     included), cold start (wall time of the same command on ONE image: process start to the
-    first image done and written; the median of --cold-runs runs, 3 by default), peak RSS
+    first image done and written; the median of --cold-runs runs, 3 by default, run after
+    the whole runs with the tools taking turns so that the VM's slow spells fall on all of
+    them alike), peak RSS
     of the process tree (psutil polling, plus the kernel's wait4 accounting), and the
     installed environment size (the reference venv's site-packages; for edgenet only its
     runtime distributions, found from its requirements and summed from their RECORD files);
@@ -584,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ)
     ref_preds = None
 
+    cold_jobs: list[tuple[dict[str, Any], ColdJob]] = []
     if not a.skip_reference:
         if not a.reference_python or not (Path(a.reference_python).exists()
                                           or shutil.which(a.reference_python)):
@@ -605,8 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             row["error"] = run["output_tail"][-800:]
         if not a.no_cold:
-            row.update(cold_start(lambda out: ref_cmd(one, out), work / "reference_one.json",
-                                  env, a.cold_runs))
+            cold_jobs.append((row, (lambda out: ref_cmd(one, out), work / "reference_one.json")))
         if not a.no_env_size:
             row["env_bytes"] = site_packages_size(a.reference_python)["bytes"]
         row["run"] = run
@@ -643,12 +645,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 else f"{cmp['mismatched_images']}/{cmp['images']} images "
                                      "differ")
         if not a.no_cold:
-            row.update(cold_start(lambda out: ours_cmd(one, out), work / f"edgenet_{prec}_one.json",
-                                  env, a.cold_runs))
+            cold_jobs.append((row, (lambda out, cmd=ours_cmd: cmd(one, out),
+                                    work / f"edgenet_{prec}_one.json")))
         row["env_bytes"] = env_size["bytes"]
         row["env_distributions"] = env_size["distributions"]
         row["run"] = run
         rows.append(row)
+
+    if cold_jobs:  # after the whole runs, all tools' one-image runs interleaved
+        print("running the one-image (cold start) runs, the tools taking turns ...",
+              file=sys.stderr, flush=True)
+        for (row, _), got in zip(cold_jobs, cold_starts([job for _, job in cold_jobs], env,
+                                                        a.cold_runs), strict=True):
+            row.update(got)
 
     table = render_table(result)
     (work / "compare.json").write_text(json.dumps(result, indent=1, default=str),
@@ -664,18 +673,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(not r.get("error") for r in rows) else 1
 
 
+ColdJob = tuple[Callable[[Path], list[str]], Path]  # (command for an output path, output)
+
+
+def cold_starts(jobs: Sequence[ColdJob], env: Mapping[str, str],
+                runs: int = 3) -> list[dict[str, Any]]:
+    """Each job's one-image command `runs` times, the tools taking turns (job order reversed
+    every other round: A B C, C B A, A B C), so a slow spell of this shared VM falls on every
+    tool alike instead of on whichever ran its cold starts then. Each run starts without its
+    output (so it does the work). Per job: {"cold_start_s": median wall time of the runs
+    that succeeded (None if none did), "cold_start_runs_s": every run's wall time, None for
+    a failed run}."""
+    walls: list[list[float | None]] = [[] for _ in jobs]
+    for r in range(max(1, runs)):
+        order = list(range(len(jobs)))
+        for i in order if r % 2 == 0 else order[::-1]:
+            cmd_for, out = jobs[i]
+            out.unlink(missing_ok=True)
+            run = run_measured(cmd_for(out), env)
+            walls[i].append(run["wall_s"] if run["returncode"] == 0 and out.is_file() else None)
+    results = []
+    for job_walls in walls:
+        ok = [w for w in job_walls if w is not None]
+        results.append({"cold_start_s": statistics.median(ok) if ok else None,
+                        "cold_start_runs_s": job_walls})
+    return results
+
+
 def cold_start(cmd_for: Callable[[Path], list[str]], out: Path, env: Mapping[str, str],
                runs: int = 3) -> dict[str, Any]:
-    """The one-image command `runs` times (its output deleted before each, so each run does
-    the work): {"cold_start_s": median wall time of the runs that succeeded (None if none
-    did), "cold_start_runs_s": every run's wall time, None for a failed run}."""
-    walls: list[float | None] = []
-    for _ in range(max(1, runs)):
-        out.unlink(missing_ok=True)
-        run = run_measured(cmd_for(out), env)
-        walls.append(run["wall_s"] if run["returncode"] == 0 and out.is_file() else None)
-    ok = [w for w in walls if w is not None]
-    return {"cold_start_s": statistics.median(ok) if ok else None, "cold_start_runs_s": walls}
+    """One command's cold starts (`cold_starts` with one job)."""
+    return cold_starts([(cmd_for, out)], env, runs)[0]
 
 
 def _row_numbers(run: Mapping[str, Any], n: int) -> dict[str, Any]:

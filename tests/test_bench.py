@@ -567,6 +567,25 @@ def test_cold_start_is_the_median_of_runs_that_did_the_work(tmp_path: Path) -> N
     assert 0.2 <= res["cold_start_s"] < walls[0]
 
 
+def test_cold_starts_take_turns(tmp_path: Path) -> None:
+    """The tools' one-image runs alternate (A B, B A, A B), so a slow spell of the machine
+    does not fall on one tool's cold starts only; each job keeps its own runs and median."""
+    log = tmp_path / "order"
+    code = ("import pathlib, sys; out = pathlib.Path(sys.argv[1]); "
+            "log = pathlib.Path(sys.argv[2]); "
+            "log.write_text((log.read_text() if log.exists() else '') + sys.argv[3]); "
+            "out.write_text('{}')")
+
+    def job(name: str) -> tuple:
+        return (lambda o: [sys.executable, "-c", code, str(o), str(log), name],
+                tmp_path / f"{name}.json")
+
+    res = compare_reference.cold_starts([job("A"), job("B")], {**os.environ}, runs=3)
+    assert log.read_text() == "ABBAAB"
+    assert [len(r["cold_start_runs_s"]) for r in res] == [3, 3]
+    assert all(r["cold_start_s"] == sorted(r["cold_start_runs_s"])[1] for r in res)
+
+
 def test_compile_bytecode_writes_pyc_even_where_python_would_not(tmp_path: Path,
                                                                   monkeypatch) -> None:
     """The side-by-side script compiles edgenet's modules as `pip install` does, also where
