@@ -147,13 +147,35 @@ def make_instances(images: Path | Sequence[Path], dst: Path, limit: int | None =
 # (c) measuring a command
 
 
+def _cpu_ticks() -> list[int] | None:
+    """This machine's CPU time counters (/proc/stat's "cpu" line: user, nice, system, idle,
+    iowait, irq, softirq, steal), or None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    return [int(v) for v in fields[1:9]] if fields and fields[0] == "cpu" else None
+
+
+def steal_pct(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share (%) of all CPUs' time between two `_cpu_ticks` readings that the hypervisor gave
+    to other guests ("steal"): the part of a shared VM's noise that the guest can see."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after) - sum(before)
+    return 100.0 * (after[7] - before[7]) / total if total > 0 else None
+
+
 def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None,
                  timeout: float | None = None) -> dict[str, Any]:
-    """Run CMD; wall time, exit code, peak RSS of its process tree, output tail.
+    """Run CMD; wall time, exit code, peak RSS of its process tree, output tail, and the
+    hypervisor's steal over the run (`steal_pct`).
 
     RSS: psutil polling of the whole tree every 50 ms (sum over processes; `edgenet.bench.cell
     .TreeMonitor`, the same poller `edgenet bench` uses) when psutil is installed; and, on
     POSIX, the kernel's own peak of the largest process from wait4."""
+    ticks0 = _cpu_ticks()
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=dict(env) if env is not None else None)
@@ -190,6 +212,7 @@ def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None,
         "peak_rss_tree_mb": tree.peak_rss_mb or None,
         "peak_rss_wait4_mb": wait4_peak,
         "peak_gpu_mb": gpu.peak_mb,
+        "cpu_steal_pct": steal_pct(ticks0, _cpu_ticks()),
         "output_tail": out[-2000:],
     }
 
@@ -525,6 +548,17 @@ def render_table(result: Mapping[str, Any]) -> str:
             f"{f(env_mb / 2**20 if env_mb else None, 0)} | {row.get('agreement', '-')} | "
             f"{row.get('fidelity', '-')} |"
         )
+    steal = [(row["name"], row.get("cpu_steal_pct"), row.get("cold_start_steal_pct") or [])
+             for row in result["rows"]]
+    if any(s is not None for _, s, _ in steal):
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{v:.1f}%"
+
+        lines += ["", "CPU time the hypervisor gave to other guests (steal, /proc/stat) during "
+                  "each whole run, then each one-image run: " + "; ".join(
+                      f"{name} {pct(s)}" + (f" ({', '.join(pct(c) for c in colds)})"
+                                            if colds else "")
+                      for name, s, colds in steal) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -685,6 +719,7 @@ def cold_starts(jobs: Sequence[ColdJob], env: Mapping[str, str],
     that succeeded (None if none did), "cold_start_runs_s": every run's wall time, None for
     a failed run}."""
     walls: list[list[float | None]] = [[] for _ in jobs]
+    steals: list[list[float | None]] = [[] for _ in jobs]
     for r in range(max(1, runs)):
         order = list(range(len(jobs)))
         for i in order if r % 2 == 0 else order[::-1]:
@@ -692,11 +727,12 @@ def cold_starts(jobs: Sequence[ColdJob], env: Mapping[str, str],
             out.unlink(missing_ok=True)
             run = run_measured(cmd_for(out), env)
             walls[i].append(run["wall_s"] if run["returncode"] == 0 and out.is_file() else None)
+            steals[i].append(run["cpu_steal_pct"])
     results = []
-    for job_walls in walls:
+    for job_walls, job_steals in zip(walls, steals, strict=True):
         ok = [w for w in job_walls if w is not None]
         results.append({"cold_start_s": statistics.median(ok) if ok else None,
-                        "cold_start_runs_s": job_walls})
+                        "cold_start_runs_s": job_walls, "cold_start_steal_pct": job_steals})
     return results
 
 
@@ -709,7 +745,7 @@ def cold_start(cmd_for: Callable[[Path], list[str]], out: Path, env: Mapping[str
 def _row_numbers(run: Mapping[str, Any], n: int) -> dict[str, Any]:
     return {"wall_s": run["wall_s"], "images_per_s": _images_per_s(run, n),
             "peak_rss_mb": _peak(run), "peak_gpu_mb": run.get("peak_gpu_mb"),
-            "returncode": run["returncode"]}
+            "cpu_steal_pct": run.get("cpu_steal_pct"), "returncode": run["returncode"]}
 
 
 if __name__ == "__main__":

@@ -684,6 +684,31 @@ def test_render_table_steady_rate_from_the_cold_run() -> None:
     assert "after start-up" not in compare_reference.render_table(result)
 
 
+def test_steal_share_from_cpu_counters_and_in_the_table() -> None:
+    """Steal = the hypervisor's share of all CPU time between two readings; the table names
+    each tool's share for its whole run and each one-image run."""
+    before = [100, 0, 50, 800, 0, 0, 0, 50]
+    after = [300, 0, 100, 1350, 0, 0, 0, 150]  # 900 ticks in all, 100 of them stolen
+    assert compare_reference.steal_pct(before, after) == pytest.approx(100 / 9)
+    assert compare_reference.steal_pct(None, after) is None
+    assert compare_reference.steal_pct(before, before) is None
+    if Path("/proc/stat").is_file():
+        run = compare_reference.run_measured([sys.executable, "-c", "pass"])
+        assert 0.0 <= run["cpu_steal_pct"] <= 100.0
+    rows = [{"name": "speciesnet 5.0.6 (PyTorch)", "wall_s": 5.0, "images_per_s": 1.0,
+             "returncode": 0, "cpu_steal_pct": 12.5, "cold_start_steal_pct": [1.0, None]},
+            {"name": "edgenet fp32", "wall_s": 2.0, "images_per_s": 2.5, "returncode": 0,
+             "cpu_steal_pct": 0.0}]
+    result = {"images": 5, "images_dir": "x", "size": "tiny", "created": "now",
+              "machine": {"cpu": "c", "logical_cores": 2}, "rows": rows}
+    last = compare_reference.render_table(result).splitlines()[-1]
+    assert "speciesnet 5.0.6 (PyTorch) 12.5% (1.0%, -); edgenet fp32 0.0%." in last
+    for row in rows:
+        row.pop("cpu_steal_pct")
+        row.pop("cold_start_steal_pct", None)
+    assert "steal" not in compare_reference.render_table(result)
+
+
 def test_stack_summary_attributes_samples_to_threads_and_places() -> None:
     """py-spy raw lines -> per-thread samples, keyed by innermost edgenet frame and leaf."""
     import stack_summary
