@@ -16,10 +16,13 @@ What it does (see benchmarks/README.md):
     included), cold start (wall time of the same command on ONE image: process start to the
     first image done and written; the median of --cold-runs runs, 3 by default, run after
     the whole runs with the tools taking turns so that the VM's slow spells fall on all of
-    them alike), peak RSS
-    of the process tree (psutil polling, plus the kernel's wait4 accounting), and the
-    installed environment size (the reference venv's site-packages; for edgenet only its
-    runtime distributions, found from its requirements and summed from their RECORD files);
+    them alike), peak RSS of the process tree (psutil polling, plus the kernel's wait4
+    accounting), and the installed environment size (the reference venv's site-packages; for
+    edgenet only its runtime distributions, found from its requirements and summed from
+    their RECORD files). Beside them, how fast the machine was (`machine_rate`:
+    onnxruntime's 3x3 Conv just before each whole run and at the end) and the hypervisor's
+    steal over each run: this shared VM's speed drifts by up to a third, and the ratios are
+    only as fair as that.
 (d) compares the predictions image by image (same failures, detections count/category/bbox/
     conf within 1e-3, raw top-k classes with scores within 1e-3, identical
     processed_classification class and source);
@@ -165,6 +168,19 @@ def steal_pct(before: list[int] | None, after: list[int] | None) -> float | None
         return None
     total = sum(after) - sum(before)
     return 100.0 * (after[7] - before[7]) / total if total > 0 else None
+
+
+def machine_rate() -> float | None:
+    """This machine's speed right now: the best GFLOP/s of onnxruntime's 3x3 Conv (256
+    channels, 64 x 64; the kernel that dominates both models) over 20 runs of ~20 ms each.
+    On a quiet 2-core VM of this kind ~245; a neighbour's load can take a third of it
+    without showing as steal (benchmarks/NOTES.md, History of the README table)."""
+    try:
+        from edgenet.bench.peak import measure_matmul_peak
+
+        return float(measure_matmul_peak(kind="conv", repeats=20)["best_gflops"])
+    except Exception:  # noqa: BLE001 - informative only
+        return None
 
 
 def run_measured(cmd: Sequence[str], env: Mapping[str, str] | None = None,
@@ -548,6 +564,13 @@ def render_table(result: Mapping[str, Any]) -> str:
             f"{f(env_mb / 2**20 if env_mb else None, 0)} | {row.get('agreement', '-')} | "
             f"{row.get('fidelity', '-')} |"
         )
+    rates = [(row["name"], row.get("machine_conv_gflops_before")) for row in result["rows"]]
+    if any(r is not None for _, r in rates):
+        lines += ["", "The machine's speed just before each whole run (onnxruntime's 3x3 Conv, "
+                  "GFLOP/s; `machine_rate`): " + "; ".join(
+                      f"{name} {'-' if r is None else f'{r:.0f}'}" for name, r in rates)
+                  + (f"; at the end {result['machine_conv_gflops_after']:.0f}"
+                     if result.get("machine_conv_gflops_after") is not None else "") + "."]
     steal = [(row["name"], row.get("cpu_steal_pct"), row.get("cold_start_steal_pct") or [])
              for row in result["rows"]]
     if any(s is not None for _, s, _ in steal):
@@ -635,8 +658,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = work / "reference.json"
         out.unlink(missing_ok=True)
         print("running speciesnet 5.0.6 ...", file=sys.stderr, flush=True)
+        rate = machine_rate()
         run = run_measured(ref_cmd(instances, out), env)
-        row = {"name": "speciesnet 5.0.6 (PyTorch)", **_row_numbers(run, n)}
+        row = {"name": "speciesnet 5.0.6 (PyTorch)", **_row_numbers(run, n),
+               "machine_conv_gflops_before": rate}
         if run["returncode"] == 0 and out.is_file():
             ref_preds = json.loads(out.read_text())
         else:
@@ -667,9 +692,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = work / f"edgenet_{prec}.json"
         out.unlink(missing_ok=True)
         print(f"running edgenet ({prec}) ...", file=sys.stderr, flush=True)
+        rate = machine_rate()
         run = run_measured(ours_cmd(instances, out), env)
         row = {"name": f"edgenet {prec}", **_row_numbers(run, n),
-               "fidelity": fidelity_summary(pack, info, prec)["text"]}
+               "fidelity": fidelity_summary(pack, info, prec)["text"],
+               "machine_conv_gflops_before": rate}
         if run["returncode"] != 0 or not out.is_file():
             row["error"] = run["output_tail"][-800:]
         elif ref_preds is not None:
@@ -692,6 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for (row, _), got in zip(cold_jobs, cold_starts([job for _, job in cold_jobs], env,
                                                         a.cold_runs), strict=True):
             row.update(got)
+    result["machine_conv_gflops_after"] = machine_rate()
 
     table = render_table(result)
     (work / "compare.json").write_text(json.dumps(result, indent=1, default=str),

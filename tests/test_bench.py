@@ -686,7 +686,8 @@ def test_render_table_steady_rate_from_the_cold_run() -> None:
 
 def test_steal_share_from_cpu_counters_and_in_the_table() -> None:
     """Steal = the hypervisor's share of all CPU time between two readings; the table names
-    each tool's share for its whole run and each one-image run."""
+    each tool's share for its whole run and each one-image run, and the machine's measured
+    Conv rate before each whole run."""
     before = [100, 0, 50, 800, 0, 0, 0, 50]
     after = [300, 0, 100, 1350, 0, 0, 0, 150]  # 900 ticks in all, 100 of them stolen
     assert compare_reference.steal_pct(before, after) == pytest.approx(100 / 9)
@@ -703,6 +704,10 @@ def test_steal_share_from_cpu_counters_and_in_the_table() -> None:
               "machine": {"cpu": "c", "logical_cores": 2}, "rows": rows}
     last = compare_reference.render_table(result).splitlines()[-1]
     assert "speciesnet 5.0.6 (PyTorch) 12.5% (1.0%, -); edgenet fp32 0.0%." in last
+    rows[0]["machine_conv_gflops_before"], result["machine_conv_gflops_after"] = 244.6, 150.2
+    lines = compare_reference.render_table(result).splitlines()
+    assert ("(onnxruntime's 3x3 Conv, GFLOP/s; `machine_rate`): speciesnet 5.0.6 (PyTorch) 245; "
+            "edgenet fp32 -; at the end 150.") in lines[-3]
     for row in rows:
         row.pop("cpu_steal_pct")
         row.pop("cold_start_steal_pct", None)
