@@ -345,8 +345,10 @@ def run_command(**opts: object) -> int:
         checkpoint_every_seconds=float(o["checkpoint_every_seconds"]),  # type: ignore[arg-type]
     )
     # Spawned decode workers start (and import) while the models load.
-    executor = pipeline.start_workers(config.workers or 0) if mode != "ensemble" else None
-    if executor is not None:
+    executor = None
+    if mode != "ensemble":
+        assert config.workers is not None  # resolved above for every mode that decodes
+        executor = pipeline.start_workers(config.workers)
         pipeline.prefetch_first_image(config, executor)
     try:
         comps = pipeline.load_components(config)

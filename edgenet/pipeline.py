@@ -380,7 +380,8 @@ class PipelineRun:
         with guard:
             try:
                 if executor is None:
-                    executor = DecodeExecutor((cfg.workers or 0) if cfg.mode != "ensemble" else 0)
+                    assert cfg.workers is not None  # resolved in __init__
+                    executor = DecodeExecutor(cfg.workers if cfg.mode != "ensemble" else 0)
                 for item in self._stream(executor):
                     self._finish(item)
                     guard.check()
