@@ -62,6 +62,13 @@ COPIES = int(os.environ.get("EDGENET_GPU_COPIES", 2 if DRY else 24))
 PARTS = REPO / (".gpu-dry" if DRY else ".gpu")  # callK/ folders, one per device call
 # What the device's image has and a dev venv lacks (pandas, scipy, ...), for the rehearsal.
 EXTRA = ":" + os.environ["EDGENET_GPU_DRY_EXTRA"] if os.environ.get("EDGENET_GPU_DRY_EXTRA") else ""
+# A session whose device time must hold bench, probe and fidelity in one call trims them:
+# one-image runs per tool in `bench` (compare_reference's --cold-runs; 3 by default there),
+# `probe`'s steps (pyspy, alone, runs) and which whole runs it times, in the order given
+# (labels as in `probe`, each `label:precision`; default: all, most wanted first).
+COLD_RUNS = os.environ.get("EDGENET_GPU_COLD_RUNS", "3")
+PROBE_STEPS = set(os.environ.get("EDGENET_GPU_PROBE_STEPS", "pyspy,alone,runs").split(","))
+PROBE_RUNS = [r for r in os.environ.get("EDGENET_GPU_PROBE_RUNS", "").split(",") if r]
 
 
 # ------------------------------------------------------------------------------ here
@@ -374,7 +381,8 @@ def bench(out: Path, budget_s: float) -> None:
     common = [sys.executable, str(repo / "benchmarks" / "compare_reference.py"), "--size",
               SIZE, "--source", str(src), "--pack", str(pack), "--reference-python",
               sys.executable, "--no-env-size", "--precisions", "fp32,fp16",
-              "--batch-size", "8", f"--edgenet-args=--device {DEVICE}"]  # workers: default
+              "--batch-size", "8", f"--edgenet-args=--device {DEVICE}",  # workers: default
+              "--cold-runs", COLD_RUNS]
     small = ROOT / "shared" / "images" / "speciesnet_test_data"
     big = _big_set(small)
     # 1. Speed: the 14 images x COPIES with one-image cold runs, so the table also gives
@@ -423,7 +431,8 @@ def probe(out: Path, budget_s: float) -> None:
     # holds the GIL (py-spy, carried as a wheel; benchmarks/stack_summary.py reads it).
     pyspy = ROOT / "site" / "bin" / "py-spy"
     for mode, flags in (("threads", ["--threads", "--idle"]), ("gil", ["--threads", "--gil"])):
-        if not pyspy.is_file() or t_end - time.monotonic() < 120:
+        if ("pyspy" not in PROBE_STEPS or not pyspy.is_file()
+                or t_end - time.monotonic() < 120):
             break
         preds = ROOT / "work" / f"pyspy_{mode}.json"
         preds.unlink(missing_ok=True)
@@ -435,10 +444,11 @@ def probe(out: Path, budget_s: float) -> None:
         if raw.is_file():
             print(f"== py-spy {mode}\n" + render(summarize(raw.read_text()), 8), flush=True)
     # 2. Each model alone under CUDA option variants.
-    _sh([sys.executable, str(REPO / "benchmarks" / "gpu_probe.py"), str(pack), "--batches",
-         "8", "--variants", "default,nhwc,no_search,exhaustive,graph", "--uint8-detector", "--json",
-         str(out / "probe.json")],
-        env, max(30, (t_end - time.monotonic()) * 0.5))
+    if "alone" in PROBE_STEPS:
+        _sh([sys.executable, str(REPO / "benchmarks" / "gpu_probe.py"), str(pack), "--batches",
+             "8", "--variants", "default,nhwc,no_search,exhaustive,graph", "--uint8-detector",
+             "--json", str(out / "probe.json")],
+            env, max(30, (t_end - time.monotonic()) * 0.5))
     # 3. Whole runs with the option sets the probe is about, most wanted first; each one's
     # predictions are compared with the default run's of the same precision.
     crops32 = ["--classifier-batch-size", "32"]  # entry 12: 32 crops per classifier batch
@@ -457,6 +467,14 @@ def probe(out: Path, budget_s: float) -> None:
         ("default", {}, "fp16", []), ("crop_batch_32", {}, "fp16", crops32),
         ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp16", []),
         ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp16", [])]
+    if PROBE_RUNS:
+        by_key = {f"{label}:{prec}": (label, e, prec, a) for label, e, prec, a in runs}
+        unknown = [r for r in PROBE_RUNS if r not in by_key]
+        if unknown:
+            raise SystemExit(f"unknown EDGENET_GPU_PROBE_RUNS {unknown}; known: {list(by_key)}")
+        runs = [by_key[r] for r in PROBE_RUNS]
+    if "runs" not in PROBE_STEPS:
+        runs = []
     rows = []
     for label, extra_env, prec, extra_args in runs:
         if t_end - time.monotonic() < 45:
