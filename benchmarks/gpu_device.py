@@ -388,8 +388,8 @@ def bench(out: Path, budget_s: float) -> None:
     # 1. Speed: the 14 images x COPIES with one-image cold runs, so the table also gives
     # images/s after start-up. Each tool at its defaults: TF32 convolutions on both sides.
     # It gets at least 240 s (it took ~160 s on the H200 with one cold run per tool; a budget
-    # eaten by the build wait gave it 90 s once, and it timed out): the later steps check the
-    # time left and are skipped before it is.
+    # eaten by the build wait gave it 90 s once, and it timed out); the later steps check the
+    # time left and are skipped when it has run out.
     _sh([*common, "--work", str(work / "cmpbig"), "--images", str(big)], env,
         max(240, t_end - time.monotonic() - 150))
     # $OUT brings back 8 files at most: the tables' JSON (render_table rebuilds the Markdown),
@@ -567,6 +567,10 @@ def main() -> None:
     pf = sub.add_parser("fidelity")
     pf.add_argument("--budget-s", type=float, default=150)
     a = p.parse_args()
+    unknown_steps = PROBE_STEPS - {"pyspy", "alone", "runs"}
+    if unknown_steps:
+        p.error(f"EDGENET_GPU_PROBE_STEPS: unknown {sorted(unknown_steps)}; "
+                "known: pyspy, alone, runs")
     # The device's python3 has no edgenet installed: the checkout is what it imports (probe's
     # run_measured imports edgenet.bench; a rehearsal in the dev venv, where edgenet is
     # installed, did not show that, and 2026-11-27's H200 call lost its probe to it).
