@@ -459,6 +459,9 @@ def probe(out: Path, budget_s: float) -> None:
         # entry 20: the detector's calls take ~3x their time alone inside the pipeline; with
         # no classifier on the GPU beside it, do they still? (wall only; no classifications)
         ("detector_only", {}, "fp32", ["--detector-only"]),
+        # ... and if the two sessions take turns on the device, or copy off the default stream?
+        ("gpu_serial", {"EDGENET_GPU_SERIAL": "1"}, "fp32", []),
+        ("copy_streams", {"EDGENET_CUDA_OPTIONS": "do_copy_in_default_stream=0"}, "fp32", []),
         ("overlap_off", {"EDGENET_OVERLAP": "0"}, "fp32", []),
         # entry 16: the heap trimmed after the sessions are built (on by default); off here
         ("no_heap_trim", {"EDGENET_TRIM": "0"}, "fp32", []),

@@ -9,7 +9,9 @@ silent CPU run.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -401,6 +403,21 @@ def session_like(sess: ort.InferenceSession, model_bytes: bytes) -> ort.Inferenc
     return ort.InferenceSession(model_bytes, sess_options=so, providers=providers)
 
 
+# `EDGENET_GPU_SERIAL=1`: one device run at a time across the process's sessions (a lock
+# around each CUDA/TensorRT run and the copy of its outputs). A measurement switch: on the
+# H200 the detector's calls took ~3x their time alone inside the pipeline while the
+# classifier's calls ran beside them (benchmarks/NOTES.md, entry 20), and whether the two
+# sessions' streams slow each other more than taking turns would is what it tells. Off by
+# default; not yet measured on a GPU.
+_DEVICE_RUN_LOCK = threading.Lock()
+
+
+def _device_run_turn() -> contextlib.AbstractContextManager[Any]:
+    if os.environ.get("EDGENET_GPU_SERIAL") == "1":
+        return _DEVICE_RUN_LOCK
+    return contextlib.nullcontext()
+
+
 def run_chain_rows(first: ort.InferenceSession, second: ort.InferenceSession, first_in: str,
                    first_out: str, second_in: str, second_out: str, x: np.ndarray,
                    fixed_batch: int | None = None) -> np.ndarray:
@@ -417,13 +434,14 @@ def run_chain_rows(first: ort.InferenceSession, second: ort.InferenceSession, fi
         to_mid = first.io_binding()
         to_mid.bind_cpu_input(first_in, host)
         to_mid.bind_output(first_out, "cuda", device_id)
-        first.run_with_iobinding(to_mid)
-        mid = to_mid.get_outputs()[0]
-        to_out = second.io_binding()
-        to_out.bind_ortvalue_input(second_in, mid)
-        to_out.bind_output(second_out, "cuda", device_id)
-        second.run_with_iobinding(to_out)
-        return to_out.copy_outputs_to_cpu()[0]
+        with _device_run_turn():
+            first.run_with_iobinding(to_mid)
+            mid = to_mid.get_outputs()[0]
+            to_out = second.io_binding()
+            to_out.bind_ortvalue_input(second_in, mid)
+            to_out.bind_output(second_out, "cuda", device_id)
+            second.run_with_iobinding(to_out)
+            return to_out.copy_outputs_to_cpu()[0]
 
     return run_fixed_batches(run, x, fixed_batch) if fixed_batch else run(x)
 
@@ -461,7 +479,8 @@ def run_with_iobinding(
         binding.bind_cpu_input(name, host)
     for name in names:
         binding.bind_output(name, "cuda", device_id)
-    sess.run_with_iobinding(binding)
-    outputs = binding.copy_outputs_to_cpu()
+    with _device_run_turn():
+        sess.run_with_iobinding(binding)
+        outputs = binding.copy_outputs_to_cpu()
     del keep_alive
     return outputs

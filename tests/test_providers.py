@@ -218,6 +218,7 @@ class _FakeCudaSession:
 
     def run_with_iobinding(self, binding) -> None:
         self.log.append((self.name, "run"))
+        self.log.append((self.name, "device lock held", providers._DEVICE_RUN_LOCK.locked()))
 
 
 def test_cuda_runs_bind_host_inputs_and_device_outputs() -> None:
@@ -228,14 +229,48 @@ def test_cuda_runs_bind_host_inputs_and_device_outputs() -> None:
     x = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]  # not contiguous
     out = providers.run_with_iobinding(_FakeCudaSession(log, "a"), {"x": x}, ["out"])
     assert out[0].shape == (2, 3)
-    (who, kind, name, arr), output, run = log
+    (who, kind, name, arr), output, run, locked = log
     assert (who, kind, name) == ("a", "cpu_input", "x") and np.array_equal(arr, x)
     assert output == ("a", "output", "out", "cuda", 1) and run == ("a", "run")
+    assert locked == ("a", "device lock held", False)  # EDGENET_GPU_SERIAL unset
     log.clear()
     providers.run_chain_rows(_FakeCudaSession(log, "pre"), _FakeCudaSession(log, "det"),
                              "pixels", "tensor", "images", "out", x)
-    kinds = [entry[:3] for entry in log]
+    kinds = [entry[:3] for entry in log if entry[1] != "device lock held"]
     assert kinds == [("pre", "cpu_input", "pixels"), ("pre", "output", "tensor"),
                      ("pre", "run"), ("det", "ortvalue_input", "images"),
                      ("det", "output", "out"), ("det", "run")]
-    assert log[3][3] == "pre-on-device"
+    assert log[4][3] == "pre-on-device"  # after pre's run and its lock entry
+
+
+def test_gpu_serial_runs_take_turns_on_the_device(monkeypatch) -> None:
+    """EDGENET_GPU_SERIAL=1: each device run (and a chain's two) holds the process's device
+    lock, so a second thread's run waits for it; the lock is free again afterwards."""
+    monkeypatch.setenv("EDGENET_GPU_SERIAL", "1")
+    log: list = []
+    x = np.zeros((2, 3), np.float32)
+    providers.run_with_iobinding(_FakeCudaSession(log, "a"), {"x": x}, ["out"])
+    providers.run_chain_rows(_FakeCudaSession(log, "pre"), _FakeCudaSession(log, "det"),
+                             "pixels", "tensor", "images", "out", x)
+    held = [entry for entry in log if entry[1] == "device lock held"]
+    assert [h[0] for h in held] == ["a", "pre", "det"] and all(h[2] for h in held)
+    assert not providers._DEVICE_RUN_LOCK.locked()
+
+    import threading
+
+    started, order = threading.Event(), []
+
+    class _SlowSession(_FakeCudaSession):
+        def run_with_iobinding(self, binding) -> None:
+            started.set()
+            order.append(f"{self.name} start")
+            threading.Event().wait(0.2)
+            order.append(f"{self.name} end")
+
+    first = threading.Thread(target=providers.run_with_iobinding,
+                             args=(_SlowSession([], "det"), {"x": x}, ["out"]))
+    first.start()
+    started.wait(5)
+    providers.run_with_iobinding(_SlowSession([], "cls"), {"x": x}, ["out"])
+    first.join(5)
+    assert order == ["det start", "det end", "cls start", "cls end"]
