@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,26 @@ def reference_python() -> str | None:
     return str(default) if default.exists() else None
 
 
-def edgenet_cmd() -> list[str]:
-    """`edgenet` from this interpreter's environment (the console script, else -m)."""
-    script = Path(sys.executable).parent / "edgenet"
+def edgenet_cmd(python: str | None = None) -> list[str]:
+    """`edgenet` from PYTHON's environment (default: this interpreter's), the console
+    script, else -m."""
+    python = python or sys.executable
+    script = Path(python).parent / "edgenet"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "edgenet.cli"]
+    return [python, "-m", "edgenet.cli"]
+
+
+def runtime_versions(python: str) -> str:
+    """"onnxruntime-openvino 1.24.1, OpenVINO 2025.3" for a row's name (another venv's)."""
+    code = ("from importlib import metadata as m\n"
+            "out = []\n"
+            "for d in ('onnxruntime-openvino', 'onnxruntime', 'openvino'):\n"
+            "    try: out.append(f'{d} {m.version(d)}')\n"
+            "    except m.PackageNotFoundError: pass\n"
+            "print(', '.join(out))")
+    r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    return r.stdout.strip() if r.returncode == 0 else "?"
 
 
 def compile_bytecode(package_dir: Path) -> bool:
@@ -292,6 +307,12 @@ try:
     from packaging.requirements import Requirement
 except ImportError:
     Requirement = None
+def _installed(name):
+    try:
+        metadata.distribution(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
 def deps(dist):
     out = []
     for spec in dist.requires or []:
@@ -311,6 +332,10 @@ while todo:
     try:
         dist = metadata.distribution(name)
     except metadata.PackageNotFoundError:
+        # edgenet requires "onnxruntime"; a GPU/OpenVINO/DirectML venv has a flavour instead
+        flavours = [f"{name}-{f}" for f in ("openvino", "gpu", "directml")] \
+            if name == "onnxruntime" else []
+        todo.extend(f for f in flavours if f not in seen and _installed(f))
         seen[name] = None
         continue
     size = 0
@@ -490,6 +515,67 @@ def compare_predictions(ref: Mapping[str, Any], ours: Mapping[str, Any]) -> dict
             "detections": sum(len(p.get("detections") or []) for p in rmap.values())}
 
 
+def _iou_xywh(a: Sequence[float], b: Sequence[float]) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
+    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _top1(det: Mapping[str, Any]) -> Any:
+    classes = (det.get("raw_classifications") or {}).get("classes") or []
+    return classes[0] if classes else None
+
+
+def prediction_agreement(base: Mapping[str, Any], test: Mapping[str, Any],
+                         min_conf: float = 0.1, iou: float = 0.5) -> dict[str, Any]:
+    """How close TEST's predictions file is to BASE's (e.g. bf16 to fp32) on the same images,
+    in the terms of the converter's fidelity report: detections at conf >= MIN_CONF (those
+    the classifier and ensemble use) matched one to one (same category, IoU > IOU, greedily
+    in BASE's confidence order): recall and precision; over the matched pairs that both
+    classified: top-1 class agreement; over the images: the same final prediction (the
+    ensemble's label)."""
+    bmap = {p["filepath"]: p for p in base.get("predictions", [])}
+    tmap = {p["filepath"]: p for p in test.get("predictions", [])}
+    n_base = n_test = matched = classified = same_top1 = images = same_label = 0
+    for fp, b in bmap.items():
+        t = tmap.get(fp)
+        if t is None:
+            continue
+        images += 1
+        same_label += b.get("prediction") == t.get("prediction")
+        bd = [d for d in b.get("detections") or [] if d.get("conf", 0) >= min_conf]
+        td = [d for d in t.get("detections") or [] if d.get("conf", 0) >= min_conf]
+        n_base, n_test = n_base + len(bd), n_test + len(td)
+        used: set[int] = set()
+        for d in sorted(bd, key=lambda d: -d["conf"]):
+            best, best_j = iou, -1
+            for j, e in enumerate(td):
+                if j not in used and e.get("category") == d.get("category"):
+                    v = _iou_xywh(d["bbox"], e["bbox"])
+                    if v > best:
+                        best, best_j = v, j
+            if best_j < 0:
+                continue
+            used.add(best_j)
+            matched += 1
+            if _top1(d) is not None and _top1(td[best_j]) is not None:
+                classified += 1
+                same_top1 += _top1(d) == _top1(td[best_j])
+    out = {"images": images, "min_conf": min_conf, "base_detections": n_base,
+           "test_detections": n_test, "matched": matched,
+           "recall": matched / n_base if n_base else 1.0,
+           "precision": matched / n_test if n_test else 1.0,
+           "classified_pairs": classified,
+           "top1_agreement": same_top1 / classified if classified else 1.0,
+           "same_prediction": same_label / images if images else 1.0}
+    out["text"] = (f"det R/P {out['recall']:.2f}/{out['precision']:.2f}, top1 "
+                   f"{out['top1_agreement']:.2f} (vs the fp32 row's predictions)")
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # (b) running both, (e) the table
 
@@ -616,6 +702,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source", type=Path, default=None,
                    help="an existing SpeciesNet model folder (with --pack: nothing is built)")
     p.add_argument("--pack", type=Path, default=None, help="its converted edgenet pack")
+    p.add_argument("--openvino-python", default=None,
+                   help="a Python with edgenet and onnxruntime-openvino installed: adds rows "
+                        "run by it with --device openvino (one venv cannot hold both "
+                        "onnxruntime builds)")
+    p.add_argument("--openvino-precisions", default="fp32,bf16",
+                   help="precisions of the OpenVINO rows (bf16: CPUs with AVX512_BF16/AMX)")
     p.add_argument("--no-env-size", action="store_true",
                    help="skip the installed-size column (e.g. a shared, preinstalled Python)")
     a = p.parse_args(argv)
@@ -681,35 +773,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edgenet.bench import fidelity_summary
 
     info = json.loads((pack / "info.json").read_text())
-    for prec in [x.strip() for x in a.precisions.split(",") if x.strip()]:
-        def ours_cmd(inst: Path, out: Path, prec: str = prec) -> list[str]:
-            cmd = [*edgenet_cmd(), "run", "--model", str(pack), "--instances-json", str(inst),
-                   "--predictions-json", str(out), "--precision", prec, "--quiet"]
+    configs = [EdgenetRow(f"edgenet {prec}", f"edgenet_{prec}", prec, edgenet_cmd(), [],
+                          env_size)
+               for prec in _split(a.precisions)]
+    if a.openvino_python:
+        ov_size = ({"bytes": None, "distributions": None} if a.no_env_size
+                   else runtime_env_size(a.openvino_python))
+        label = runtime_versions(a.openvino_python)
+        configs += [EdgenetRow(f"edgenet {prec} (OpenVINO: {label})", f"edgenet_ov_{prec}", prec,
+                               edgenet_cmd(a.openvino_python), ["--device", "openvino"], ov_size)
+                    for prec in _split(a.openvino_precisions)]
+    fp32_preds = None
+    for cfg in configs:
+        def ours_cmd(inst: Path, out: Path, cfg: EdgenetRow = cfg) -> list[str]:
+            cmd = [*cfg.command, "run", "--model", str(pack), "--instances-json", str(inst),
+                   "--predictions-json", str(out), "--precision", cfg.precision, "--quiet",
+                   *cfg.args]
             if a.batch_size:
                 cmd += ["--batch-size", str(a.batch_size)]
             return cmd + a.edgenet_args.split()
 
-        out = work / f"edgenet_{prec}.json"
+        out = work / f"{cfg.stem}.json"
         out.unlink(missing_ok=True)
-        print(f"running edgenet ({prec}) ...", file=sys.stderr, flush=True)
+        print(f"running {cfg.name} ...", file=sys.stderr, flush=True)
         rate = machine_rate()
         run = run_measured(ours_cmd(instances, out), env)
-        row = {"name": f"edgenet {prec}", **_row_numbers(run, n),
-               "fidelity": fidelity_summary(pack, info, prec)["text"],
+        fidelity = fidelity_summary(pack, info, cfg.precision)["text"]
+        row = {"name": cfg.name, **_row_numbers(run, n), "fidelity": fidelity,
                "machine_conv_gflops_before": rate}
         if run["returncode"] != 0 or not out.is_file():
             row["error"] = run["output_tail"][-800:]
-        elif ref_preds is not None:
-            cmp = compare_predictions(ref_preds, json.loads(out.read_text()))
-            row["comparison"] = cmp
-            row["agreement"] = ("identical (within 1e-3)" if cmp["mismatched_images"] == 0
-                                else f"{cmp['mismatched_images']}/{cmp['images']} images "
-                                     "differ")
+        else:
+            preds = json.loads(out.read_text())
+            if ref_preds is not None:
+                cmp = compare_predictions(ref_preds, preds)
+                row["comparison"] = cmp
+                row["agreement"] = ("identical (within 1e-3)" if cmp["mismatched_images"] == 0
+                                    else f"{cmp['mismatched_images']}/{cmp['images']} images "
+                                         "differ")
+            if cfg.name == "edgenet fp32":
+                fp32_preds = preds
+            elif fp32_preds is not None:
+                agree = prediction_agreement(fp32_preds, preds)
+                row["prediction_agreement"] = agree
+                if cfg.args or cfg.precision == "bf16":
+                    # No conversion-time report covers another runtime or bf16: this row's
+                    # column shows its agreement with the fp32 row's predictions instead.
+                    row["fidelity"] = agree["text"]
         if not a.no_cold:
             cold_jobs.append((row, (lambda out, cmd=ours_cmd: cmd(one, out),
-                                    work / f"edgenet_{prec}_one.json")))
-        row["env_bytes"] = env_size["bytes"]
-        row["env_distributions"] = env_size["distributions"]
+                                    work / f"{cfg.stem}_one.json")))
+        row["env_bytes"] = cfg.env_size["bytes"]
+        row["env_distributions"] = cfg.env_size["distributions"]
         row["run"] = run
         rows.append(row)
 
@@ -736,6 +851,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 ColdJob = tuple[Callable[[Path], list[str]], Path]  # (command for an output path, output)
+
+
+@dataclass
+class EdgenetRow:
+    """One edgenet row of the table: how to run it and what to call it."""
+
+    name: str
+    stem: str  # output file stem under --work
+    precision: str
+    command: list[str]  # `edgenet` of the Python that runs this row
+    args: list[str]  # extra `edgenet run` arguments (e.g. --device openvino)
+    env_size: Mapping[str, Any]
+
+
+def _split(csv: str) -> list[str]:
+    return [x.strip() for x in csv.split(",") if x.strip()]
 
 
 def cold_starts(jobs: Sequence[ColdJob], env: Mapping[str, str],
@@ -780,6 +911,7 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["build_source_and_pack", "compare_predictions", "compare_one", "make_instances",
+__all__ = ["build_source_and_pack", "compare_predictions", "prediction_agreement", "compare_one",
+           "make_instances",
            "run_measured", "cold_start", "compile_bytecode", "runtime_env_size",
            "site_packages_size", "render_table", "main"]

@@ -157,7 +157,9 @@ def run(
         int | None, typer.Option(help="Decode worker processes (0: decode in-process).")
     ] = None,
     device: Annotated[Device, typer.Option(help="Execution provider.")] = Device.auto,
-    precision: Annotated[Precision, typer.Option(help="Model precision (pack variant).")] = (
+    precision: Annotated[Precision, typer.Option(
+        help="Model precision: the pack variant (fp16, int8), or bf16 = the fp32 models computed "
+        "in bfloat16 by OpenVINO (onnxruntime-openvino; CPUs with AVX512_BF16 or AMX).")] = (
         Precision.fp32
     ),
     threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads.")] = None,

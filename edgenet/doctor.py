@@ -83,6 +83,24 @@ def _transfer_line() -> str:
     return f"files in {root} ({free / 2**30:.1f} GB free; {frames})"
 
 
+def _bf16_line() -> str:
+    """Whether `--precision bf16` can run here, and if not, edgenet's own reason."""
+    from edgenet.errors import EdgenetError
+    from edgenet.run_defaults import cpu_flags
+
+    try:
+        from edgenet.providers import resolve_providers
+
+        resolve_providers("auto", precision="bf16")
+    except EdgenetError as err:
+        return f"no: {str(err).splitlines()[0]}"
+    except Exception as err:  # noqa: BLE001 - the report never crashes
+        return f"unknown ({type(err).__name__}: {err})"
+    flags = cpu_flags()
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return "yes (OpenVINO" + (f", {', '.join(found)})" if found else "; CPU flags unknown)")
+
+
 def run_doctor(echo: Callable[[str], None] = print) -> int:
     """Print the report; returns 0 (the report itself says what is wrong)."""
     import edgenet
@@ -115,6 +133,7 @@ def run_doctor(echo: Callable[[str], None] = print) -> int:
         echo(f"edgenet providers: cannot list ({type(err).__name__}: {err})")
         devices = {"cpu": True}
     echo("devices: " + ", ".join(f"{d}={'yes' if ok else 'no'}" for d, ok in devices.items()))
+    echo("--precision bf16: " + _bf16_line())
     with tempfile.TemporaryDirectory(prefix="edgenet-doctor-") as tmp:
         model_path = Path(tmp) / "matmul.onnx"
         model_path.write_bytes(tiny_model_bytes())

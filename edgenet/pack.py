@@ -346,9 +346,10 @@ class ModelPack:
 
     def variant(self, precision: str) -> PackFiles:
         """(detector, classifier) paths for `precision`, checksums verified; fp32 (or the
-        pack's own precision) is the base."""
+        pack's own precision) is the base. bf16 has no files of its own: it is the fp32 graphs
+        computed in bfloat16 (`providers.BF16_DEVICES`)."""
         files = None
-        if precision in ("fp32", self.precision):
+        if precision in ("fp32", "bf16", self.precision):
             files = PackFiles(self.detector, self.classifier)
         elif precision in self.variants:
             files = self.variants[precision]

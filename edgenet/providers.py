@@ -10,6 +10,7 @@ silent CPU run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,13 @@ AUTO_ORDER: tuple[str, ...] = ("cuda", "dml", "openvino", "coreml", "cpu")
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "bf16")
 
+# bf16 has no model files of its own: it runs the pack's fp32 graphs, which OpenVINO computes in
+# bfloat16 (its INFERENCE_PRECISION_HINT) on CPUs with AVX512_BF16 or AMX. onnxruntime's own CPU
+# provider has no bf16 convolutions, so no other device offers it. Why not a bf16 ONNX file:
+# nothing here would run it, and the hint keeps one set of files per pack.
+BF16_DEVICES: tuple[str, ...] = ("openvino",)
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
 # How to get each provider (onnxruntime ships one provider family per wheel).
 INSTALL_HINTS: dict[str, str] = {
     "cpu": "pip install onnxruntime",
@@ -50,7 +58,9 @@ INSTALL_HINTS: dict[str, str] = {
         "use --device cuda"
     ),
     "dml": "pip uninstall onnxruntime && pip install onnxruntime-directml (Windows only)",
-    "openvino": "pip uninstall onnxruntime && pip install onnxruntime-openvino (Intel CPUs/GPUs)",
+    "openvino": (
+        "pip uninstall onnxruntime && pip install onnxruntime-openvino (x86 CPUs, Intel GPUs)"
+    ),
     "coreml": "use the standard onnxruntime wheel on macOS (CoreML is built in there)",
 }
 
@@ -177,6 +187,10 @@ def _provider_entry(device: str, precision: str) -> tuple[str, dict[str, Any]]:
             "trt_timing_cache_path": cache,
             "trt_fp16_enable": precision == "fp16",
         }
+    if device == "openvino" and precision == "bf16":
+        # On the CPU only: OpenVINO's GPU plugin computes in fp16 by default anyway.
+        hint = {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}
+        return name, {"device_type": "CPU", "load_config": json.dumps(hint)}
     if device == "coreml" and _ort_version() >= (1, 20):
         # MLProgram covers more operators than the legacy NeuralNetwork format.
         return name, {"ModelFormat": "MLProgram", "MLComputeUnits": "ALL"}
@@ -212,6 +226,30 @@ def _unavailable(device: str) -> EdgenetError:
     )
 
 
+def _bf16_device(device: str, avail: Mapping[str, bool]) -> str:
+    """The device a bf16 run uses (`BF16_DEVICES`), or an `EdgenetError` saying what to do."""
+    if device not in ("auto", *BF16_DEVICES):
+        raise EdgenetError(
+            f"--precision bf16 runs through OpenVINO, not --device {device} (onnxruntime's "
+            "other providers have no bfloat16 convolutions)",
+            fix="use --device openvino (or auto) with onnxruntime-openvino installed, or "
+            "--precision fp32 / int8",
+        )
+    if not avail["openvino"]:
+        raise _unavailable("openvino")
+    from edgenet.run_defaults import cpu_flags
+
+    flags = cpu_flags()
+    # Unknown flags (no /proc/cpuinfo, e.g. Windows): OpenVINO itself decides.
+    if flags and not set(_BF16_CPU_FLAGS) & set(flags):
+        raise EdgenetError(
+            "--precision bf16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); "
+            "this one has neither",
+            fix="use --precision fp32, or int8 (see the pack's fidelity report)",
+        )
+    return "openvino"
+
+
 def resolve_providers(device: str = "auto", precision: str = "fp32") -> list[tuple[str, dict]]:
     """Providers (name, options) for `device`, best first, always ending with the CPU.
 
@@ -222,7 +260,9 @@ def resolve_providers(device: str = "auto", precision: str = "fp32") -> list[tup
     dev = _check_device(device)
     prec = _check_precision(precision)
     avail = available_devices()
-    if dev == "auto":
+    if prec == "bf16":
+        dev = _bf16_device(dev, avail)
+    elif dev == "auto":
         dev = next(d for d in AUTO_ORDER if avail[d])
     elif not avail[dev]:
         raise _unavailable(dev)
@@ -324,17 +364,23 @@ def make_session(
             ) from exc
         if pending is not None:
             graph_cache.commit(pending)
-    if dev != "auto" and dev != "cpu" and names[0] not in sess.get_providers():
+    must_run_first = (dev not in ("auto", "cpu")) or precision.strip().lower() == "bf16"
+    if must_run_first and names[0] not in sess.get_providers():
         raise EdgenetError(
             f"{names[0]} is installed but failed to initialise (the session fell back to "
             f"{', '.join(sess.get_providers())})",
             path=model_path,
             fix=(
-                f"check the device's drivers and libraries ({INSTALL_HINTS[dev]}); "
+                f"check the device's drivers and libraries "
+                f"({INSTALL_HINTS[_device_of(names[0])]}); "
                 "`edgenet doctor` shows what was found; or use --device cpu"
             ),
         )
     return sess
+
+
+def _device_of(provider: str) -> str:
+    return next((d for d, name in DEVICE_PROVIDERS.items() if name == provider), "cpu")
 
 
 def session_device(sess: ort.InferenceSession) -> str:

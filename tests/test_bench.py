@@ -20,7 +20,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgenet import bench, flops  # noqa: E402
+from edgenet import bench, flops, providers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -431,6 +431,23 @@ def test_missing_variant_is_a_failed_cell_not_a_crash(tmp_path: Path) -> None:
     assert not cell["ok"] and "no fp16 variant" in cell["error"]
 
 
+def test_bf16_cell_without_openvino_fails_with_edgenet_s_reason(tmp_path: Path) -> None:
+    """bf16 needs no variant files (the fp32 graphs computed in bf16), but OpenVINO: here
+    (onnxruntime's CPU build) the cell fails with the fix, and the run goes on."""
+    if providers.available_devices()["openvino"]:
+        pytest.skip("OpenVINO provider really present here")
+    pack = make_tiny_pack(tmp_path / "p")
+    report = bench.bench(pack, None, "cpu", "bf16,fp32", "1", threads=1, out=tmp_path / "o",
+                         num_images=1, peak=False, flops=False, quiet=True)
+    bf16, fp32 = report["cells"]
+    assert not bf16["ok"] and "OpenVINO" in bf16["error"] and "variant" not in bf16["error"]
+    assert "not measured at conversion" in bf16["fidelity"]
+    assert fp32["ok"]
+    rows = [ln for ln in (tmp_path / "o" / "bench.md").read_text().splitlines()
+            if ln.startswith("| cpu |")]
+    assert len(rows) == 2 and "OpenVINO" in rows[0] and rows[0].endswith("|")
+
+
 def test_generated_images_are_camera_trap_sized(tmp_path: Path) -> None:
     paths = bench.generate_images(tmp_path, count=4)
     from PIL import Image
@@ -504,6 +521,26 @@ def test_compare_predictions_pairs_near_tied_detections_in_either_order() -> Non
     ours["detections"][0]["conf"] = 0.45
     res = compare_reference.compare_predictions({"predictions": [ref]}, {"predictions": [ours]})
     assert res["mismatched_images"] == 1
+
+
+def test_prediction_agreement_matches_detections_and_top1() -> None:
+    """bf16's (or another runtime's) fidelity column: detections at conf >= 0.1 matched by
+    category and IoU, then the classifier's top-1 over the matched pairs."""
+    base = _pred("a.jpg")
+    base["detections"].append(dict(base["detections"][0], conf=0.5, bbox=[0.6, 0.6, 0.2, 0.2]))
+    base["detections"].append(dict(base["detections"][0], conf=0.05, bbox=[0.0, 0.0, 0.1, 0.1]))
+    test = json.loads(json.dumps(base))
+    res = compare_reference.prediction_agreement({"predictions": [base]}, {"predictions": [test]})
+    assert (res["recall"], res["precision"], res["top1_agreement"]) == (1.0, 1.0, 1.0)
+    assert res["base_detections"] == 2  # the 0.05 one is below the classification threshold
+    test["detections"][0]["bbox"] = [0.12, 0.21, 0.3, 0.4]  # moved a little: still a match
+    test["detections"][0]["raw_classifications"]["classes"] = ["c;d", "a;b"]  # top-1 changed
+    test["detections"][1]["category"] = "2"  # same box, another category: no match
+    test["detections"].append(dict(base["detections"][0], conf=0.3, bbox=[0.0, 0.7, 0.1, 0.1]))
+    res = compare_reference.prediction_agreement({"predictions": [base]}, {"predictions": [test]})
+    assert res["matched"] == 1 and res["recall"] == 0.5 and res["precision"] == 1 / 3
+    assert res["classified_pairs"] == 1 and res["top1_agreement"] == 0.0
+    assert res["text"].startswith("det R/P 0.50/0.33, top1 0.00")
 
 
 def test_runtime_environment_size_counts_only_runtime_distributions() -> None:

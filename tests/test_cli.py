@@ -257,6 +257,11 @@ def test_doctor_never_crashes(capsys, monkeypatch) -> None:
     assert code == 0
     assert "onnxruntime" in out and "check cpu: ok" in out
     assert "decode workers' results: " in out  # files in /dev/shm, or the pipe and why
+    (bf16,) = [ln for ln in out.splitlines() if ln.startswith("--precision bf16: ")]
+    from edgenet.providers import available_devices
+
+    if not available_devices()["openvino"]:
+        assert bf16.startswith("--precision bf16: no: ") and "OpenVINO" in bf16
     monkeypatch.setenv("EDGENET_DECODE_TRANSFER", "pipe")
     code, out, _ = _main(capsys, "doctor")
     assert code == 0 and "through the pipe (EDGENET_DECODE_TRANSFER=pipe)" in out

@@ -75,6 +75,7 @@ def test_valid_pack_loads(tmp_path: Path) -> None:
     assert pack.classifier == (root / "classifier.onnx").resolve()
     det, cls = pack.variant("fp32")
     assert (det, cls) == (pack.detector, pack.classifier)
+    assert pack.variant("bf16") == (pack.detector, pack.classifier)  # fp32 computed in bf16
     fp16 = pack.variant("fp16")
     assert isinstance(fp16, PackFiles) and fp16.classifier.name == "classifier_fp16.onnx"
     with pytest.raises(PackError, match="no int8 models"):

@@ -122,6 +122,61 @@ def test_tensorrt_cache_and_fp16(fake_providers, monkeypatch, tmp_path: Path) ->
     assert providers.resolve_providers("tensorrt")[0][1]["trt_fp16_enable"] is False
 
 
+def test_bf16_is_openvino_computing_the_fp32_graphs_in_bfloat16(fake_providers,
+                                                                  monkeypatch) -> None:
+    """bf16: OpenVINO's CPU plugin with the bf16 inference-precision hint; fp32 on OpenVINO
+    keeps its (fp32) defaults."""
+    import json
+
+    fake_providers("OpenVINOExecutionProvider")
+    monkeypatch.setattr("edgenet.run_defaults.cpu_flags", lambda: ["avx512f", "avx512_bf16"])
+    for device in ("auto", "openvino", " OpenVINO "):
+        (name, opts), cpu = providers.resolve_providers(device, precision="bf16")
+        assert name == "OpenVINOExecutionProvider" and cpu == ("CPUExecutionProvider", {})
+        assert opts["device_type"] == "CPU"
+        assert json.loads(opts["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}
+    assert providers.resolve_providers("openvino")[0] == ("OpenVINOExecutionProvider", {})
+    monkeypatch.setattr("edgenet.run_defaults.cpu_flags", lambda: ["avx2", "amx_bf16"])
+    assert providers.resolve_providers("auto", precision="bf16")[0][0] == (
+        "OpenVINOExecutionProvider")
+    # Flags unknown (no /proc/cpuinfo): OpenVINO decides, edgenet does not guess.
+    monkeypatch.setattr("edgenet.run_defaults.cpu_flags", lambda: [])
+    assert providers.resolve_providers("openvino", precision="bf16")[0][0] == (
+        "OpenVINOExecutionProvider")
+
+
+def test_bf16_errors_say_what_to_do(fake_providers, monkeypatch) -> None:
+    monkeypatch.setattr("edgenet.run_defaults.cpu_flags", lambda: ["avx2", "avx512_bf16"])
+    fake_providers("CUDAExecutionProvider", "OpenVINOExecutionProvider")
+    for device in ("cpu", "cuda"):
+        with pytest.raises(EdgenetError, match="runs through OpenVINO") as err:
+            providers.resolve_providers(device, precision="bf16")
+        assert "--device openvino" in str(err.value)
+    fake_providers("CUDAExecutionProvider")  # no OpenVINO: auto must not pick CUDA for bf16
+    with pytest.raises(EdgenetError, match="onnxruntime-openvino"):
+        providers.resolve_providers("auto", precision="bf16")
+    fake_providers("OpenVINOExecutionProvider")
+    monkeypatch.setattr("edgenet.run_defaults.cpu_flags", lambda: ["avx2", "fma", "avx512f"])
+    with pytest.raises(EdgenetError, match="AVX512_BF16 or AMX"):
+        providers.resolve_providers("auto", precision="bf16")
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_bf16_session_that_falls_back_to_the_cpu_raises(tiny_model: Path, monkeypatch) -> None:
+    """Even with --device auto: a bf16 run that onnxruntime quietly put on its CPU provider
+    would be an fp32 run under a bf16 label."""
+    if "OpenVINOExecutionProvider" in ort.get_available_providers():
+        pytest.skip("OpenVINO provider really present here")
+    monkeypatch.setattr(
+        providers, "available_devices",
+        lambda: {d: d in ("cpu", "openvino") for d in providers.DEVICE_PROVIDERS},
+    )
+    monkeypatch.setattr("edgenet.run_defaults.cpu_flags", lambda: ["avx512_bf16"])
+    with pytest.raises(EdgenetError, match="failed to initialise") as err:
+        providers.make_session(tiny_model, device="auto", precision="bf16")
+    assert "onnxruntime-openvino" in str(err.value)
+
+
 def test_make_session_runs_on_cpu(tiny_model: Path) -> None:
     sess = providers.make_session(tiny_model, device="cpu", threads=1)
     x = np.arange(8, dtype=np.float32).reshape(2, 4)

@@ -105,7 +105,9 @@ def bench_command(
         "--images", help="folder of images (default: generated camera-trap-like frames)")
     ] = None,
     devices: Annotated[str, typer.Option(help="comma-separated, e.g. cpu,cuda")] = "cpu",
-    precisions: Annotated[str, typer.Option(help="comma-separated: fp32,fp16,int8")] = "fp32",
+    precisions: Annotated[
+        str, typer.Option(help="comma-separated: fp32,fp16,int8,bf16 (bf16: OpenVINO)")
+    ] = "fp32",
     batch_sizes: Annotated[str, typer.Option(help="comma-separated, e.g. 1,4")] = "1",
     threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads")] = None,
     workers: Annotated[int | None, typer.Option(

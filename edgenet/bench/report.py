@@ -98,8 +98,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for c in report["cells"]:
         head = f"| {c['device']} | {c['precision']} | {c['batch_size']} | "
         if not c.get("ok"):
+            # One table row: an error's own line breaks and pipes would end it early.
+            error = " ".join(str(c.get("error", "")).split()).replace("|", "/")
             lines.append(head + "failed | - | " + " | ".join("-" for _ in STAGES)
-                         + f" | - | - | {c.get('error', '')[:120]} |")
+                         + f" | - | - | {error[:200]} |")
             continue
         st = c["stage_ms_per_image"]
         rss = c.get("peak_rss_tree_mb") or c.get("self_peak_rss_mb")
