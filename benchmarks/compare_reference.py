@@ -529,23 +529,26 @@ def _top1(det: Mapping[str, Any]) -> Any:
     return classes[0] if classes else None
 
 
+def _processed(det: Mapping[str, Any]) -> Any:
+    return (det.get("processed_classification") or {}).get("class")
+
+
 def prediction_agreement(base: Mapping[str, Any], test: Mapping[str, Any],
                          min_conf: float = 0.1, iou: float = 0.5) -> dict[str, Any]:
     """How close TEST's predictions file is to BASE's (e.g. bf16 to fp32) on the same images,
     in the terms of the converter's fidelity report: detections at conf >= MIN_CONF (those
     the classifier and ensemble use) matched one to one (same category, IoU > IOU, greedily
     in BASE's confidence order): recall and precision; over the matched pairs that both
-    classified: top-1 class agreement; over the images: the same final prediction (the
-    ensemble's label)."""
+    classified: top-1 class agreement and the same `processed_classification` class (the
+    ensemble's decision for that detection)."""
     bmap = {p["filepath"]: p for p in base.get("predictions", [])}
     tmap = {p["filepath"]: p for p in test.get("predictions", [])}
-    n_base = n_test = matched = classified = same_top1 = images = same_label = 0
+    n_base = n_test = matched = classified = same_top1 = same_processed = images = 0
     for fp, b in bmap.items():
         t = tmap.get(fp)
         if t is None:
             continue
         images += 1
-        same_label += b.get("prediction") == t.get("prediction")
         bd = [d for d in b.get("detections") or [] if d.get("conf", 0) >= min_conf]
         td = [d for d in t.get("detections") or [] if d.get("conf", 0) >= min_conf]
         n_base, n_test = n_base + len(bd), n_test + len(td)
@@ -564,13 +567,14 @@ def prediction_agreement(base: Mapping[str, Any], test: Mapping[str, Any],
             if _top1(d) is not None and _top1(td[best_j]) is not None:
                 classified += 1
                 same_top1 += _top1(d) == _top1(td[best_j])
+                same_processed += _processed(d) == _processed(td[best_j])
     out = {"images": images, "min_conf": min_conf, "base_detections": n_base,
            "test_detections": n_test, "matched": matched,
            "recall": matched / n_base if n_base else 1.0,
            "precision": matched / n_test if n_test else 1.0,
            "classified_pairs": classified,
            "top1_agreement": same_top1 / classified if classified else 1.0,
-           "same_prediction": same_label / images if images else 1.0}
+           "processed_agreement": same_processed / classified if classified else 1.0}
     out["text"] = (f"det R/P {out['recall']:.2f}/{out['precision']:.2f}, top1 "
                    f"{out['top1_agreement']:.2f} (vs the fp32 row's predictions)")
     return out

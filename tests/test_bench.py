@@ -540,6 +540,7 @@ def test_prediction_agreement_matches_detections_and_top1() -> None:
     res = compare_reference.prediction_agreement({"predictions": [base]}, {"predictions": [test]})
     assert res["matched"] == 1 and res["recall"] == 0.5 and res["precision"] == 1 / 3
     assert res["classified_pairs"] == 1 and res["top1_agreement"] == 0.0
+    assert res["processed_agreement"] == 1.0  # the ensemble's class is still "a;b"
     assert res["text"].startswith("det R/P 0.50/0.33, top1 0.00")
 
 
