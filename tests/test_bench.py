@@ -552,6 +552,37 @@ def test_runtime_environment_size_counts_only_runtime_distributions() -> None:
     assert size["bytes"] > 10 * 2**20
 
 
+def test_runtime_environment_size_counts_an_onnxruntime_flavour(tmp_path: Path) -> None:
+    """An OpenVINO (or GPU) venv has `onnxruntime-openvino` where edgenet requires
+    `onnxruntime`: the flavour's bytes count for the requirement (the OpenVINO rows' column)."""
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "v")
+    python = tmp_path / "v" / "bin" / "python"
+    if not python.exists():  # Windows layout
+        python = tmp_path / "v" / "Scripts" / "python.exe"
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"  # the venv's own
+    site = Path(subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                               check=True).stdout.strip())
+
+    def dist(name: str, requires: list[str], payload: int) -> None:
+        info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+        info.mkdir(parents=True)
+        pkg = site / name.replace("-", "_")
+        pkg.mkdir()
+        (pkg / "blob.bin").write_bytes(b"x" * payload)
+        meta = ["Metadata-Version: 2.1", f"Name: {name}", "Version: 1.0"]
+        (info / "METADATA").write_text("\n".join(meta + [f"Requires-Dist: {r}" for r in requires])
+                                      + "\n")
+        (info / "RECORD").write_text(f"{pkg.name}/blob.bin,,{payload}\n")
+
+    dist("fakeapp", ["onnxruntime>=1.17", "numpy-missing"], 1000)
+    dist("onnxruntime-openvino", [], 50_000)
+    size = compare_reference.runtime_env_size(str(python), root="fakeapp")
+    assert set(size["distributions"]) == {"fakeapp", "onnxruntime-openvino"}
+    assert size["bytes"] == 51_000
+
+
 def test_bench_without_onnx_or_matplotlib(tiny_pack: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain install has neither: FLOPs are left out, the chart falls back to PIL."""
