@@ -93,7 +93,7 @@ def _bf16_line() -> str:
 
         resolve_providers("auto", precision="bf16")
     except EdgenetError as err:
-        return f"no: {str(err).splitlines()[0]}"
+        return "no: " + str(err).splitlines()[0].removeprefix("--precision bf16 ")
     except Exception as err:  # noqa: BLE001 - the report never crashes
         return f"unknown ({type(err).__name__}: {err})"
     flags = cpu_flags()

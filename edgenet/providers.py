@@ -236,7 +236,12 @@ def _bf16_device(device: str, avail: Mapping[str, bool]) -> str:
             "--precision fp32 / int8",
         )
     if not avail["openvino"]:
-        raise _unavailable("openvino")
+        have = ", ".join(d for d, ok in avail.items() if ok)
+        raise EdgenetError(
+            f"--precision bf16 needs onnxruntime's {DEVICE_PROVIDERS['openvino']}, which this "
+            f"onnxruntime {ort.__version__} does not provide (available: {have})",
+            fix=f"{INSTALL_HINTS['openvino']}; or use --precision fp32 / int8",
+        )
     from edgenet.run_defaults import cpu_flags
 
     flags = cpu_flags()

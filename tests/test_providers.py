@@ -153,8 +153,9 @@ def test_bf16_errors_say_what_to_do(fake_providers, monkeypatch) -> None:
             providers.resolve_providers(device, precision="bf16")
         assert "--device openvino" in str(err.value)
     fake_providers("CUDAExecutionProvider")  # no OpenVINO: auto must not pick CUDA for bf16
-    with pytest.raises(EdgenetError, match="onnxruntime-openvino"):
+    with pytest.raises(EdgenetError, match="onnxruntime-openvino") as err:
         providers.resolve_providers("auto", precision="bf16")
+    assert "--precision bf16 needs" in str(err.value) and "--device auto" not in str(err.value)
     fake_providers("OpenVINOExecutionProvider")
     monkeypatch.setattr("edgenet.run_defaults.cpu_flags", lambda: ["avx2", "fma", "avx512f"])
     with pytest.raises(EdgenetError, match="AVX512_BF16 or AMX"):
