@@ -672,7 +672,61 @@ def render_table(result: Mapping[str, Any]) -> str:
                       f"{name} {pct(s)}" + (f" ({', '.join(pct(c) for c in colds)})"
                                             if colds else "")
                       for name, s, colds in steal) + "."]
+    targets = target_lines(result)
+    if targets:
+        lines += ["", *targets]
     return "\n".join(lines) + "\n"
+
+
+def _row_precision(row: Mapping[str, Any]) -> str:
+    """A row's precision: its own field, else the word after "edgenet" in its name."""
+    if row.get("precision"):
+        return str(row["precision"])
+    words = str(row.get("name", "")).split()
+    return words[1] if len(words) > 1 else "?"
+
+
+def target_lines(result: Mapping[str, Any]) -> list[str]:
+    """The issue's CPU targets, each judged from this run's numbers (not from a document):
+    fp32 >= 1.3x the reference's images/s with identical predictions, other precisions >=
+    2.5x, cold start <= 1/3 of the reference's, installed environment <= 1/10, peak RSS no
+    higher; on a machine with a GPU, every precision >= 10x. Empty when the run has no
+    reference row."""
+    rows = list(result.get("rows") or [])
+    ref = next((r for r in rows if str(r.get("name", "")).startswith("speciesnet")), None)
+    if ref is None or not ref.get("images_per_s"):
+        return []
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+    gpu = bool((result.get("machine") or {}).get("gpus"))
+    out = [f"Targets (issue 4{', on a GPU' if gpu else ''}), judged from this run:"]
+    for row in rows:
+        if row is ref or row.get("returncode") != 0 or not row.get("images_per_s"):
+            continue
+        prec = _row_precision(row)
+        speed = row["images_per_s"] / ref["images_per_s"]
+        need = 10.0 if gpu else (1.3 if prec == "fp32" else 2.5)
+        same = str(row.get("agreement", "")).startswith("identical")
+        speed_ok = speed >= need and (same or prec != "fp32" or gpu)
+        cold, ref_cold = row.get("cold_start_s"), ref.get("cold_start_s")
+        cold_ok = cold <= ref_cold / 3 if cold and ref_cold else None
+        env, ref_env = row.get("env_bytes"), ref.get("env_bytes")
+        env_ok = env <= ref_env / 10 if env and ref_env else None
+        rss, ref_rss = row.get("peak_rss_mb"), ref.get("peak_rss_mb")
+        rss_ok = rss <= ref_rss if rss and ref_rss else None
+        parts = [f"speed {speed:.2f}x (>= {need:g}x"
+                 + (", identical predictions" if prec == "fp32" and not gpu else "") + "): "
+                 + verdict(speed_ok)]
+        parts.append("cold start " + (f"{cold / ref_cold:.2f}x" if cold and ref_cold else "-")
+                     + " (<= 0.33x): " + verdict(cold_ok))
+        parts.append("installed " + (f"{env / ref_env:.3f}x" if env and ref_env else "-")
+                     + " (<= 0.1x): " + verdict(env_ok))
+        parts.append("peak RSS " + (f"{rss / ref_rss:.2f}x" if rss and ref_rss else "-")
+                     + " (<= 1x): " + verdict(rss_ok))
+        out.append(f"- {row['name']}: " + "; ".join(parts) + ".")
+    return out
 
 
 def _machine() -> dict[str, Any]:
@@ -803,8 +857,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate = machine_rate()
         run = run_measured(ours_cmd(instances, out), env)
         fidelity = fidelity_summary(pack, info, cfg.precision)["text"]
-        row = {"name": cfg.name, **_row_numbers(run, n), "fidelity": fidelity,
-               "machine_conv_gflops_before": rate}
+        row = {"name": cfg.name, "precision": cfg.precision, **_row_numbers(run, n),
+               "fidelity": fidelity, "machine_conv_gflops_before": rate}
         if run["returncode"] != 0 or not out.is_file():
             row["error"] = run["output_tail"][-800:]
         else:
@@ -917,5 +971,5 @@ if __name__ == "__main__":
 
 __all__ = ["build_source_and_pack", "compare_predictions", "prediction_agreement", "compare_one",
            "make_instances",
-           "run_measured", "cold_start", "compile_bytecode", "runtime_env_size",
+           "run_measured", "cold_start", "compile_bytecode", "runtime_env_size", "target_lines",
            "site_packages_size", "render_table", "main"]

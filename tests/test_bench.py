@@ -544,6 +544,29 @@ def test_prediction_agreement_matches_detections_and_top1() -> None:
     assert res["text"].startswith("det R/P 0.50/0.33, top1 0.00")
 
 
+def test_target_lines_judge_each_row_from_the_run() -> None:
+    ref = {"name": "speciesnet 5.0.6 (PyTorch)", "returncode": 0, "images_per_s": 0.1,
+           "cold_start_s": 30.0, "env_bytes": 6000, "peak_rss_mb": 4000}
+    fp32 = {"name": "edgenet fp32", "precision": "fp32", "returncode": 0, "images_per_s": 0.2,
+            "cold_start_s": 10.9, "env_bytes": 345, "peak_rss_mb": 1500,
+            "agreement": "identical (within 1e-3)"}
+    int8 = {"name": "edgenet int8", "returncode": 0, "images_per_s": 0.24, "cold_start_s": 7.0,
+            "env_bytes": 700, "peak_rss_mb": 800, "agreement": "14/14 images differ"}
+    differs = dict(fp32, name="edgenet fp32 (other)", agreement="1/14 images differ")
+    lines = compare_reference.target_lines({"rows": [ref, fp32, int8, differs]})
+    assert lines[0].startswith("Targets (issue 4)")
+    assert lines[1] == ("- edgenet fp32: speed 2.00x (>= 1.3x, identical predictions): met; "
+                        "cold start 0.36x (<= 0.33x): **not met**; installed 0.058x (<= 0.1x): "
+                        "met; peak RSS 0.38x (<= 1x): met.")
+    assert "speed 2.40x (>= 2.5x): **not met**" in lines[2]  # int8 from its name
+    assert "installed 0.117x (<= 0.1x): **not met**" in lines[2]
+    assert "speed 2.00x (>= 1.3x, identical predictions): **not met**" in lines[3]
+    on_gpu = compare_reference.target_lines({"rows": [ref, fp32], "machine": {"gpus": [{}]}})
+    assert on_gpu[0].startswith("Targets (issue 4, on a GPU)")
+    assert "speed 2.00x (>= 10x): **not met**" in on_gpu[1]
+    assert compare_reference.target_lines({"rows": [fp32]}) == []  # no reference row
+
+
 def test_runtime_environment_size_counts_only_runtime_distributions() -> None:
     size = compare_reference.runtime_env_size(sys.executable)
     names = {d.lower().replace("_", "-") for d in size["distributions"]}
