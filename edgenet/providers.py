@@ -369,8 +369,8 @@ def make_session(
             ) from exc
         if pending is not None:
             graph_cache.commit(pending)
-    must_run_first = (dev not in ("auto", "cpu")) or precision.strip().lower() == "bf16"
-    if must_run_first and names[0] not in sess.get_providers():
+    bf16 = precision.strip().lower() == "bf16"
+    if (dev not in ("auto", "cpu") or bf16) and names[0] not in sess.get_providers():
         raise EdgenetError(
             f"{names[0]} is installed but failed to initialise (the session fell back to "
             f"{', '.join(sess.get_providers())})",
@@ -378,7 +378,8 @@ def make_session(
             fix=(
                 f"check the device's drivers and libraries "
                 f"({INSTALL_HINTS[_device_of(names[0])]}); "
-                "`edgenet doctor` shows what was found; or use --device cpu"
+                "`edgenet doctor` shows what was found; or use "
+                + ("--precision fp32" if bf16 else "--device cpu")
             ),
         )
     return sess

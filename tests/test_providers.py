@@ -175,7 +175,7 @@ def test_bf16_session_that_falls_back_to_the_cpu_raises(tiny_model: Path, monkey
     monkeypatch.setattr("edgenet.run_defaults.cpu_flags", lambda: ["avx512_bf16"])
     with pytest.raises(EdgenetError, match="failed to initialise") as err:
         providers.make_session(tiny_model, device="auto", precision="bf16")
-    assert "onnxruntime-openvino" in str(err.value)
+    assert "onnxruntime-openvino" in str(err.value) and "--precision fp32" in str(err.value)
 
 
 def test_make_session_runs_on_cpu(tiny_model: Path) -> None:
