@@ -73,7 +73,8 @@ def edgenet_cmd(python: str | None = None) -> list[str]:
 
 
 def runtime_versions(python: str) -> str:
-    """"onnxruntime-openvino 1.24.1, OpenVINO 2025.3" for a row's name (another venv's)."""
+    """E.g. "onnxruntime-openvino 1.24.1" (with "openvino X" where that is a distribution of its
+    own): the runtime named in a row run by another venv."""
     code = ("from importlib import metadata as m\n"
             "out = []\n"
             "for d in ('onnxruntime-openvino', 'onnxruntime', 'openvino'):\n"
