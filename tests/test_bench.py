@@ -794,12 +794,17 @@ def test_steal_share_from_cpu_counters_and_in_the_table() -> None:
              "cpu_steal_pct": 0.0}]
     result = {"images": 5, "images_dir": "x", "size": "tiny", "created": "now",
               "machine": {"cpu": "c", "logical_cores": 2}, "rows": rows}
-    last = compare_reference.render_table(result).splitlines()[-1]
-    assert "speciesnet 5.0.6 (PyTorch) 12.5% (1.0%, -); edgenet fp32 0.0%." in last
+    table = compare_reference.render_table(result).splitlines()
+    (steal,) = [ln for ln in table if ln.startswith("CPU time the hypervisor gave")]
+    assert "speciesnet 5.0.6 (PyTorch) 12.5% (1.0%, -); edgenet fp32 0.0%." in steal
+    assert table[-1].startswith("- edgenet fp32: speed 2.50x")  # the target lines come last
     rows[0]["machine_conv_gflops_before"], result["machine_conv_gflops_after"] = 244.6, 150.2
     lines = compare_reference.render_table(result).splitlines()
+    (rate,) = [ln for ln in lines if ln.startswith("The machine's speed just before")]
     assert ("(onnxruntime's 3x3 Conv, GFLOP/s; `machine_rate`): speciesnet 5.0.6 (PyTorch) 245; "
-            "edgenet fp32 -; at the end 150.") in lines[-3]
+            "edgenet fp32 -; at the end 150.") in rate
+    assert lines.index(rate) < lines.index(steal) < lines.index("Targets (issue 4), judged "
+                                                                "from this run:")
     for row in rows:
         row.pop("cpu_steal_pct")
         row.pop("cold_start_steal_pct", None)
