@@ -516,13 +516,13 @@ def compare_predictions(ref: Mapping[str, Any], ours: Mapping[str, Any]) -> dict
             "detections": sum(len(p.get("detections") or []) for p in rmap.values())}
 
 
-def _iou_xywh(a: Sequence[float], b: Sequence[float]) -> float:
-    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
-    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+def _detection_rows(dets: Sequence[Mapping[str, Any]]) -> Any:
+    """Detections as the converter's fidelity rows [x1, y1, x2, y2, conf, category]."""
+    import numpy as np
+
+    return np.array([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],
+                      d["bbox"][1] + d["bbox"][3], d["conf"], int(d["category"])]
+                     for d in dets], dtype=np.float64).reshape(-1, 6)
 
 
 def _top1(det: Mapping[str, Any]) -> Any:
@@ -542,6 +542,8 @@ def prediction_agreement(base: Mapping[str, Any], test: Mapping[str, Any],
     in BASE's confidence order): recall and precision; over the matched pairs that both
     classified: top-1 class agreement and the same `processed_classification` class (the
     ensemble's decision for that detection)."""
+    from converters.fidelity import match_detections
+
     bmap = {p["filepath"]: p for p in base.get("predictions", [])}
     tmap = {p["filepath"]: p for p in test.get("predictions", [])}
     n_base = n_test = matched = classified = same_top1 = same_processed = images = 0
@@ -553,22 +555,14 @@ def prediction_agreement(base: Mapping[str, Any], test: Mapping[str, Any],
         bd = [d for d in b.get("detections") or [] if d.get("conf", 0) >= min_conf]
         td = [d for d in t.get("detections") or [] if d.get("conf", 0) >= min_conf]
         n_base, n_test = n_base + len(bd), n_test + len(td)
-        used: set[int] = set()
-        for d in sorted(bd, key=lambda d: -d["conf"]):
-            best, best_j = iou, -1
-            for j, e in enumerate(td):
-                if j not in used and e.get("category") == d.get("category"):
-                    v = _iou_xywh(d["bbox"], e["bbox"])
-                    if v > best:
-                        best, best_j = v, j
-            if best_j < 0:
-                continue
-            used.add(best_j)
+        # The converter's matching (greedy by BASE's confidence, same category, IoU > IOU).
+        for i, j, _ in match_detections(_detection_rows(bd), _detection_rows(td), iou):
             matched += 1
-            if _top1(d) is not None and _top1(td[best_j]) is not None:
+            d, e = bd[i], td[j]
+            if _top1(d) is not None and _top1(e) is not None:
                 classified += 1
-                same_top1 += _top1(d) == _top1(td[best_j])
-                same_processed += _processed(d) == _processed(td[best_j])
+                same_top1 += _top1(d) == _top1(e)
+                same_processed += _processed(d) == _processed(e)
     out = {"images": images, "min_conf": min_conf, "base_detections": n_base,
            "test_detections": n_test, "matched": matched,
            "recall": matched / n_base if n_base else 1.0,

@@ -89,7 +89,7 @@ def _bf16_line() -> str:
     from edgenet.run_defaults import cpu_flags
 
     try:
-        from edgenet.providers import resolve_providers
+        from edgenet.providers import BF16_CPU_FLAGS, resolve_providers
 
         resolve_providers("auto", precision="bf16")
     except EdgenetError as err:
@@ -97,7 +97,7 @@ def _bf16_line() -> str:
     except Exception as err:  # noqa: BLE001 - the report never crashes
         return f"unknown ({type(err).__name__}: {err})"
     flags = cpu_flags()
-    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    found = [f for f in BF16_CPU_FLAGS if f in flags]
     return "yes (OpenVINO" + (f", {', '.join(found)})" if found else "; CPU flags unknown)")
 
 

@@ -44,7 +44,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "bf16")
 # provider has no bf16 convolutions, so no other device offers it. Why not a bf16 ONNX file:
 # nothing here would run it, and the hint keeps one set of files per pack.
 BF16_DEVICES: tuple[str, ...] = ("openvino",)
-_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
 
 # How to get each provider (onnxruntime ships one provider family per wheel).
 INSTALL_HINTS: dict[str, str] = {
@@ -217,12 +217,14 @@ def _check_precision(precision: str) -> str:
     return prec
 
 
-def _unavailable(device: str) -> EdgenetError:
+def _unavailable(device: str, asked: str | None = None,
+                 instead: str = "--device auto") -> EdgenetError:
+    """DEVICE's provider is not in this onnxruntime build; ASKED is the flag that needs it."""
     have = ", ".join(d for d, ok in available_devices().items() if ok)
     return EdgenetError(
-        f"--device {device} needs onnxruntime's {DEVICE_PROVIDERS[device]}, which this "
-        f"onnxruntime {ort.__version__} does not provide (available: {have})",
-        fix=f"{INSTALL_HINTS[device]}; or use --device auto",
+        f"{asked or '--device ' + device} needs onnxruntime's {DEVICE_PROVIDERS[device]}, "
+        f"which this onnxruntime {ort.__version__} does not provide (available: {have})",
+        fix=f"{INSTALL_HINTS[device]}; or use {instead}",
     )
 
 
@@ -236,17 +238,12 @@ def _bf16_device(device: str, avail: Mapping[str, bool]) -> str:
             "--precision fp32 / int8",
         )
     if not avail["openvino"]:
-        have = ", ".join(d for d, ok in avail.items() if ok)
-        raise EdgenetError(
-            f"--precision bf16 needs onnxruntime's {DEVICE_PROVIDERS['openvino']}, which this "
-            f"onnxruntime {ort.__version__} does not provide (available: {have})",
-            fix=f"{INSTALL_HINTS['openvino']}; or use --precision fp32 / int8",
-        )
+        raise _unavailable("openvino", "--precision bf16", instead="--precision fp32 / int8")
     from edgenet.run_defaults import cpu_flags
 
     flags = cpu_flags()
     # Unknown flags (no /proc/cpuinfo, e.g. Windows): OpenVINO itself decides.
-    if flags and not set(_BF16_CPU_FLAGS) & set(flags):
+    if flags and not set(BF16_CPU_FLAGS) & set(flags):
         raise EdgenetError(
             "--precision bf16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); "
             "this one has neither",
@@ -385,17 +382,15 @@ def make_session(
     return sess
 
 
-def _device_of(provider: str) -> str:
-    return next((d for d, name in DEVICE_PROVIDERS.items() if name == provider), "cpu")
+def _device_of(provider: str, default: str = "cpu") -> str:
+    """The `--device` name of an onnxruntime provider name (DEFAULT for one edgenet lacks)."""
+    return next((d for d, name in DEVICE_PROVIDERS.items() if name == provider), default)
 
 
 def session_device(sess: ort.InferenceSession) -> str:
     """The `--device` name of the provider that actually runs the session's first node."""
     first = sess.get_providers()[0]
-    for dev, name in DEVICE_PROVIDERS.items():
-        if name == first:
-            return dev
-    return first
+    return _device_of(first, default=first)
 
 
 def describe_session(sess: ort.InferenceSession) -> str:
