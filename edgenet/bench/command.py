@@ -120,8 +120,10 @@ def bench_command(
     flops: Annotated[bool, typer.Option(help="count model FLOPs (needs onnx)")] = True,
     quiet: Annotated[bool, typer.Option(help="no progress lines")] = False,
 ) -> None:
-    """Benchmark a pack over devices x precisions x batch sizes: per-stage time, images/s,
-    peak memory; writes bench.json, bench.md and bench.png."""
+    """Benchmark a pack over devices x precisions x batch sizes.
+
+    Per-stage time, images/s and peak memory; writes bench.json, bench.md and bench.png.
+    """
     if model is None:
         model, what = default_bench_pack()
         if not quiet:
