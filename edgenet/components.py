@@ -114,6 +114,8 @@ def load_components(config: PipelineConfig) -> Components:
         # Both sessions at once: building one is mostly single-threaded graph optimisation
         # (~4 s each for the full-size models) and releases the GIL, so on two or more cores the
         # classifier's costs no wall time beside the detector's (cold start, benchmarks/NOTES.md).
+        # onnxruntime-openvino 1.24 holds the GIL while it builds, so there the two builds run
+        # one after the other, as without the thread (NOTES.md entry 22).
         # An error surfaces from `.result()` below, still before any image is touched.
         from concurrent.futures import ThreadPoolExecutor
 
