@@ -864,7 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row["agreement"] = ("identical (within 1e-3)" if cmp["mismatched_images"] == 0
                                     else f"{cmp['mismatched_images']}/{cmp['images']} images "
                                          "differ")
-            if cfg.name == "edgenet fp32":
+            if cfg.precision == "fp32" and not cfg.args:  # the default runtime's fp32 row
                 fp32_preds = preds
             elif fp32_preds is not None:
                 agree = prediction_agreement(fp32_preds, preds)

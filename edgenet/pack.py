@@ -313,6 +313,12 @@ class PackFiles(NamedTuple):
     classifier: Path
 
 
+def files_precision(precision: str) -> str:
+    """The pack variant whose model files a precision runs. bf16 has no files of its own: it
+    is the fp32 graphs computed in bfloat16 (`providers.BF16_DEVICES`)."""
+    return "fp32" if precision == "bf16" else precision
+
+
 @dataclass
 class ModelPack:
     """A validated model pack. Paths are absolute; `labels` is the classifier's label list."""
@@ -346,10 +352,9 @@ class ModelPack:
 
     def variant(self, precision: str) -> PackFiles:
         """(detector, classifier) paths for `precision`, checksums verified; fp32 (or the
-        pack's own precision) is the base. bf16 has no files of its own: it is the fp32 graphs
-        computed in bfloat16 (`providers.BF16_DEVICES`)."""
+        pack's own precision) is the base, and bf16 runs it (`files_precision`)."""
         files = None
-        if precision in ("fp32", "bf16", self.precision):
+        if files_precision(precision) in ("fp32", self.precision):
             files = PackFiles(self.detector, self.classifier)
         elif precision in self.variants:
             files = self.variants[precision]

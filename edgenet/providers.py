@@ -366,7 +366,7 @@ def make_session(
             ) from exc
         if pending is not None:
             graph_cache.commit(pending)
-    bf16 = precision.strip().lower() == "bf16"
+    bf16 = _check_precision(precision) == "bf16"
     if (dev not in ("auto", "cpu") or bf16) and names[0] not in sess.get_providers():
         raise EdgenetError(
             f"{names[0]} is installed but failed to initialise (the session fell back to "

@@ -15,6 +15,7 @@ from edgenet.bench.peak import measure_matmul_peak, measure_numpy_peak
 from edgenet.bench.report import cell_line
 from edgenet.bench.stages import REPORT_FORMAT
 from edgenet.bench.variants import fidelity_summary, floor_estimate, load_pack_info, pack_variants
+from edgenet.pack import files_precision
 
 
 @dataclass
@@ -76,7 +77,7 @@ def run_matrix(cfg: BenchConfig, workdir: Path, log: Any = None) -> dict[str, An
                     workers=cfg.workers,
                 )
                 say(f"cell {spec.key()} ...")
-                if precision not in variants and precision != "bf16":  # bf16: fp32 files
+                if files_precision(precision) not in variants:
                     cell = {"key": spec.key(), "device": device, "precision": precision,
                             "batch_size": bs, "threads": cfg.threads, "ok": False,
                             "error": f"the pack has no {precision} variant "
