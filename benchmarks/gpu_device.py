@@ -69,6 +69,11 @@ EXTRA = ":" + os.environ["EDGENET_GPU_DRY_EXTRA"] if os.environ.get("EDGENET_GPU
 COLD_RUNS = os.environ.get("EDGENET_GPU_COLD_RUNS", "3")
 PROBE_STEPS = set(os.environ.get("EDGENET_GPU_PROBE_STEPS", "pyspy,alone,runs").split(","))
 PROBE_RUNS = [r for r in os.environ.get("EDGENET_GPU_PROBE_RUNS", "").split(",") if r]
+# ... and `bench`'s: its edgenet precisions (fp16 was slower than fp32 in both GPU runs,
+# entries 9 and 20) and its steps (speed: the big comparison; fidelity14: the 14 images with
+# TF32 off; stages: `edgenet bench` on the big set).
+PRECISIONS = os.environ.get("EDGENET_GPU_PRECISIONS", "fp32,fp16")
+BENCH_STEPS = set(os.environ.get("EDGENET_GPU_BENCH_STEPS", "speed,fidelity14,stages").split(","))
 
 
 # ------------------------------------------------------------------------------ here
@@ -380,7 +385,7 @@ def bench(out: Path, budget_s: float) -> None:
     src = work / f"synth_{SIZE}"
     common = [sys.executable, str(repo / "benchmarks" / "compare_reference.py"), "--size",
               SIZE, "--source", str(src), "--pack", str(pack), "--reference-python",
-              sys.executable, "--no-env-size", "--precisions", "fp32,fp16",
+              sys.executable, "--no-env-size", "--precisions", PRECISIONS,
               "--batch-size", "8", f"--edgenet-args=--device {DEVICE}",  # workers: default
               "--cold-runs", COLD_RUNS]
     small = ROOT / "shared" / "images" / "speciesnet_test_data"
@@ -390,22 +395,23 @@ def bench(out: Path, budget_s: float) -> None:
     # It gets at least 240 s (it took ~160 s on the H200 with one cold run per tool; a budget
     # eaten by the build wait gave it 90 s once, and it timed out); the later steps check the
     # time left and are skipped when it has run out.
-    _sh([*common, "--work", str(work / "cmpbig"), "--images", str(big)], env,
-        max(240, t_end - time.monotonic() - 150))
+    if "speed" in BENCH_STEPS:
+        _sh([*common, "--work", str(work / "cmpbig"), "--images", str(big)], env,
+            max(240, t_end - time.monotonic() - 150))
     # $OUT brings back 8 files at most: the tables' JSON (render_table rebuilds the Markdown),
     # bench's three outputs, build.log and the caller's log.
     _collect(work / "cmpbig", ("compare.json",), out, "compare_big")
     # 2. Fidelity: the 14 images with TF32 off in cuBLAS and cuDNN for BOTH tools
     # (NVIDIA_TF32_OVERRIDE=0), so each computes in fp32 as on the CPU; entry 7 found 11/14
     # images differing with TF32 on.
-    if t_end - time.monotonic() > 70:
+    if "fidelity14" in BENCH_STEPS and t_end - time.monotonic() > 70:
         _sh([*common, "--work", str(work / "cmp14"), "--images", str(small), "--no-cold"],
             {**env, "NVIDIA_TF32_OVERRIDE": "0"}, max(60, t_end - time.monotonic() - 40))
         _collect(work / "cmp14", ("compare.json",), out, "compare14_notf32")
     # 3. Per-stage times on the big set (each cell a fresh process).
-    if t_end - time.monotonic() > 45:
+    if "stages" in BENCH_STEPS and t_end - time.monotonic() > 45:
         _sh([sys.executable, "-m", "edgenet.cli", "bench", "--model", str(pack), "--images",
-             str(big), "--devices", DEVICE, "--precisions", "fp32,fp16", "--batch-sizes", "8",
+             str(big), "--devices", DEVICE, "--precisions", PRECISIONS, "--batch-sizes", "8",
              "--out", str(work / "bench"), "--no-peak", "--quiet"], env,
             max(30, t_end - time.monotonic() - 10))
         _collect(work / "bench", ("bench.md", "bench.json", "bench.png"), out, "bench")
@@ -463,6 +469,15 @@ def probe(out: Path, budget_s: float) -> None:
         ("gpu_serial", {"EDGENET_GPU_SERIAL": "1"}, "fp32", []),
         ("copy_streams", {"EDGENET_CUDA_OPTIONS": "do_copy_in_default_stream=0"}, "fp32", []),
         ("overlap_off", {"EDGENET_OVERLAP": "0"}, "fp32", []),
+        # the detector's batch (8 on a GPU by default): fewer, larger device calls? (entry
+        # 23: 15-20% faster on the H100, +700 MB peak RSS; the classifier then runs 16 crops)
+        ("batch_16", {}, "fp32", ["--batch-size", "16"]),
+        # entry 23: the classifier's thread sets the rate, ~20 ms of each 8-crop batch on the
+        # CPU (stack, uint8 -> float, the copy): crops converted on the device instead
+        ("clf_pixels", {"EDGENET_DEVICE_PIXELS": "classifier"}, "fp32", []),
+        ("batch_16_crops_8", {}, "fp32", ["--batch-size", "16", "--classifier-batch-size", "8"]),
+        ("batch_16_clf_pixels", {"EDGENET_DEVICE_PIXELS": "classifier"}, "fp32",
+         ["--batch-size", "16"]),
         # entry 16: the heap trimmed after the sessions are built (on by default); off here
         ("no_heap_trim", {"EDGENET_TRIM": "0"}, "fp32", []),
         ("crop_batch_32", {}, "fp32", crops32),
@@ -570,6 +585,9 @@ def main() -> None:
     pf = sub.add_parser("fidelity")
     pf.add_argument("--budget-s", type=float, default=150)
     a = p.parse_args()
+    if BENCH_STEPS - {"speed", "fidelity14", "stages"}:
+        p.error(f"EDGENET_GPU_BENCH_STEPS: unknown {sorted(BENCH_STEPS)}; "
+                "known: speed, fidelity14, stages")
     unknown_steps = PROBE_STEPS - {"pyspy", "alone", "runs"}
     if unknown_steps:
         p.error(f"EDGENET_GPU_PROBE_STEPS: unknown {sorted(unknown_steps)}; "

@@ -79,12 +79,12 @@ def input_array(sess: ort.InferenceSession, batch: int) -> np.ndarray:
 
 def uint8_input_model(src: Path, dst: Path) -> Path:
     """SRC with its float NCHW input replaced by uint8 NHWC pixels converted inside the graph
-    by the nodes of `detector.unit_float_model_bytes` (what `EDGENET_DEVICE_PIXELS=1` runs as
+    by the nodes of `onnx_writer.unit_float_model_bytes` (what `EDGENET_DEVICE_PIXELS=1` runs as
     a second session): what feeding the GPU uint8 costs when fused into one graph. Needs
     `onnx` (the device image has it; edgenet's runtime does not)."""
     import onnx
 
-    from edgenet.detector import unit_float_model_bytes
+    from edgenet.onnx_writer import unit_float_model_bytes
 
     model = onnx.load(str(src))
     graph = model.graph
@@ -110,9 +110,10 @@ def uint8_input_model(src: Path, dst: Path) -> Path:
 
 def division_exactness(cuda: bool) -> dict[str, Any]:
     """Is the pixel-conversion graph the pipeline runs with `EDGENET_DEVICE_PIXELS=1`
-    (`detector.unit_float_model_bytes`) bit-equal to `detector.to_tensor` for all 256 pixel
+    (`onnx_writer.unit_float_model_bytes`) bit-equal to `detector.to_tensor` for all 256 pixel
     values on this provider? (It must be before that switch may become a default.)"""
-    from edgenet.detector import to_tensor, unit_float_model_bytes
+    from edgenet.detector import to_tensor
+    from edgenet.onnx_writer import unit_float_model_bytes
 
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else None
     sess = ort.InferenceSession(unit_float_model_bytes(), providers=providers)

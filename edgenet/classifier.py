@@ -532,6 +532,10 @@ class ClassifierModel:
         # Rows per session run, padded (set by the pipeline on GPU providers; see
         # `edgenet.providers.SHAPE_SENSITIVE_PROVIDERS`). None: whatever arrives.
         self.fixed_batch: int | None = None
+        # uint8 crops in, converted by a second session on the same provider (set by the
+        # pipeline: `EDGENET_DEVICE_PIXELS`; `onnx_writer.unit_float_model_bytes` says why).
+        self.device_pixels = False
+        self._pixels_session: Any | None = None
         inp = session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
@@ -549,16 +553,23 @@ class ClassifierModel:
         )
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Logits float32 (N, L) for uint8 crops (or already-scaled float NHWC input)."""
-        x = preprocess_input(batch)
-        if x.shape[0] == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        if x.dtype != self.input_dtype:
-            x = x.astype(self.input_dtype)
-        from edgenet.providers import run_rows
+        """Logits float32 (N, L) for uint8 crops (or already-scaled float NHWC input). With
+        `device_pixels`, uint8 crops go to the session as they are and a second session on
+        the same provider scales them (on the GPU there)."""
+        from edgenet.providers import run_chain_rows, run_rows
 
-        logits = np.asarray(run_rows(self.session, self.input_name, self.output_name, x,
-                                     self.fixed_batch), dtype=np.float32)
+        arr = np.asarray(batch)
+        if arr.shape[0] == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        if self.device_pixels and arr.dtype == np.uint8:
+            raw = run_chain_rows(self._pixels(), self.session, "pixels", "tensor",
+                                 self.input_name, self.output_name, arr, self.fixed_batch)
+        else:
+            x = preprocess_input(arr)
+            if x.dtype != self.input_dtype:
+                x = x.astype(self.input_dtype)
+            raw = run_rows(self.session, self.input_name, self.output_name, x, self.fixed_batch)
+        logits = np.asarray(raw, dtype=np.float32)
         if logits.ndim != 2 or logits.shape[1] != len(self.labels):
             # Only reachable when the model's output width is symbolic (pack check skipped).
             raise EdgenetError(
@@ -566,6 +577,16 @@ class ClassifierModel:
                 "labels", path=self.path, fix="use the labels file that belongs to this model",
             )
         return logits
+
+    def _pixels(self) -> Any:
+        """The crop-scaling session (NHWC kept), on the classifier session's providers."""
+        if self._pixels_session is None:
+            from edgenet.onnx_writer import unit_float_model_bytes
+            from edgenet.providers import session_like
+
+            self._pixels_session = session_like(self.session, unit_float_model_bytes(
+                self.input_dtype == np.float16, nchw=False))
+        return self._pixels_session
 
     def classifications(self, logits: np.ndarray, k: int | None = 5) -> list[dict[str, Any]]:
         """Top-k dicts for each row of `logits`, with target species when configured."""

@@ -26,6 +26,7 @@ from edgenet.letterbox import (  # noqa: F401 - re-exported: edgenet.detector AP
     letterboxed_shape,
 )
 from edgenet.nms import md_bboxes_from_nms, non_max_suppression
+from edgenet.onnx_writer import unit_float_model_bytes
 from edgenet.providers import make_session, run_chain_rows, run_rows, session_like
 
 # float32(x / 255) computed in double first, as the reference does (`arr / 255` on a uint8
@@ -51,47 +52,14 @@ def _checked_images(letterboxed: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def stack_pixels(letterboxed: Sequence[np.ndarray], rows: int | None = None) -> np.ndarray:
     """Equal-shaped letterboxed HWC uint8 images -> one NHWC uint8 batch: the detector's
-    input when it converts pixels itself (`unit_float_model_bytes`); ROWS as in `to_tensor`
-    (zero pixels convert to the zero rows `to_tensor` writes)."""
+    input when it converts pixels itself (`onnx_writer.unit_float_model_bytes`); ROWS as in
+    `to_tensor` (zero pixels convert to the zero rows `to_tensor` writes)."""
     arrays = _checked_images(letterboxed)
     out = np.empty((max(len(arrays), rows or 0), *arrays[0].shape), dtype=np.uint8)
     out[len(arrays):] = 0  # only the padding rows: the others are overwritten below
     for i, a in enumerate(arrays):
         out[i] = a
     return out
-
-
-def unit_float_model_bytes(float16: bool = False) -> bytes:
-    """`to_tensor` as an ONNX graph: uint8 NHWC `pixels` -> NCHW `tensor` = float32(x) / 255
-    (then float16 for a detector that takes float16, as `astype` would round it).
-
-    Why: on a GPU the pipeline's tensor build (57 ms per batch of 8 on the H100 machine's CPU)
-    and a float32 host->device copy 4x the size of the pixels were measured in front of every
-    detector run (benchmarks/NOTES.md entry 9); a session running this graph on the device
-    removes both. float32 division is correctly rounded on the CPU provider, so the result is
-    bit-equal to `to_tensor` there (tests); `benchmarks/gpu_probe.py` checks the same on CUDA.
-    """
-    from edgenet.onnx_writer import (
-        FLOAT,
-        FLOAT16,
-        UINT8,
-        attr_int,
-        attr_ints,
-        model,
-        node,
-        tensor,
-        value_info,
-    )
-
-    out = "nchw" if float16 else "tensor"
-    nodes = [node("Cast", ["pixels"], ["as_float"], attr_int("to", FLOAT)),
-             node("Div", ["as_float", "d255"], ["scaled"]),
-             node("Transpose", ["scaled"], [out], attr_ints("perm", [0, 3, 1, 2]))]
-    if float16:
-        nodes.append(node("Cast", [out], ["tensor"], attr_int("to", FLOAT16)))
-    return model(nodes, "to_unit_float", [value_info("pixels", UINT8, ["n", "h", "w", 3])],
-                 [value_info("tensor", FLOAT16 if float16 else FLOAT, ["n", 3, "h", "w"])],
-                 [tensor("d255", np.array(255, np.float32), FLOAT)])
 
 
 def to_tensor(letterboxed: Sequence[np.ndarray], rows: int | None = None) -> np.ndarray:
@@ -184,7 +152,7 @@ class DetectorModel:
         # `edgenet.providers.SHAPE_SENSITIVE_PROVIDERS`). None: whatever arrives.
         self.fixed_batch: int | None = None
         # uint8 pixels in, converted by a second session on the same provider (set by the
-        # pipeline: `EDGENET_DEVICE_PIXELS=1`; `unit_float_model_bytes` says why).
+        # pipeline: `EDGENET_DEVICE_PIXELS`; `onnx_writer.unit_float_model_bytes` says why).
         self.device_pixels = False
         self._pixels_session: Any | None = None
         if inputs[0].type == "tensor(float16)":

@@ -84,3 +84,30 @@ def model(nodes: Sequence[bytes], name: str, inputs: Sequence[bytes], outputs: S
     opset_id = field_bytes(1, "") + field_varint(2, opset)
     return (field_varint(1, 7) + field_bytes(2, "edgenet") + field_bytes(7, graph)
             + field_bytes(8, opset_id))
+
+
+def unit_float_model_bytes(float16: bool = False, nchw: bool = True) -> bytes:
+    """uint8 NHWC `pixels` -> `tensor` = float32(x) / 255, transposed to NCHW when NCHW (the
+    detector's `to_tensor`; the classifier's `preprocess_input` keeps NHWC), then float16 for
+    a model that takes float16, as `astype` would round it.
+
+    Why: on a GPU the pipeline's float conversion and a float32 host->device copy 4x the size
+    of the pixels run in front of every device call on the CPU (benchmarks/NOTES.md entries 9
+    and 23); a session running this graph on the device removes both (`EDGENET_DEVICE_PIXELS`).
+    float32 division is correctly rounded on the CPU provider, so the result is bit-equal to
+    the numpy conversion there (tests); `benchmarks/gpu_probe.py` checks the same on CUDA.
+    """
+    import numpy as np
+
+    out = "converted" if float16 else "tensor"
+    scaled = "scaled" if nchw else out
+    nodes = [node("Cast", ["pixels"], ["as_float"], attr_int("to", FLOAT)),
+             node("Div", ["as_float", "d255"], [scaled])]
+    if nchw:
+        nodes.append(node("Transpose", [scaled], [out], attr_ints("perm", [0, 3, 1, 2])))
+    if float16:
+        nodes.append(node("Cast", [out], ["tensor"], attr_int("to", FLOAT16)))
+    dims: list[int | str] = ["n", 3, "h", "w"] if nchw else ["n", "h", "w", 3]
+    return model(nodes, "to_unit_float", [value_info("pixels", UINT8, ["n", "h", "w", 3])],
+                 [value_info("tensor", FLOAT16 if float16 else FLOAT, dims)],
+                 [tensor("d255", np.array(255, np.float32), FLOAT)])

@@ -33,13 +33,25 @@ def _fix_batch_shapes(comps: Any, batch_size: int, classifier_batch_size: int) -
 
 
 def _set_device_pixels(comps: Any) -> None:
-    """`EDGENET_DEVICE_PIXELS=1`: the detector is fed uint8 pixels and converts them in
-    onnxruntime, on the device for a GPU session (`detector.unit_float_model_bytes`). Off by
-    default: its GPU effect is a prediction (benchmarks/NOTES.md entry 9) until measured, and
-    on the CPU it is no faster than `to_tensor`. Predictions are the same either way."""
-    det = comps.detector
-    if det is not None and hasattr(det, "device_pixels"):
-        det.device_pixels = os.environ.get("EDGENET_DEVICE_PIXELS", "0") == "1"
+    """`EDGENET_DEVICE_PIXELS`: which models are fed uint8 pixels and convert them inside
+    onnxruntime, on the device for a GPU session (`onnx_writer.unit_float_model_bytes`):
+    `1` or `detector`, `classifier`, `both`; `0` (default) none. Off by default: on the H200
+    the detector's was slower (benchmarks/NOTES.md entry 20), the classifier's is not yet
+    measured on a GPU (entry 23), and on the CPU neither is faster. Predictions are the same
+    either way."""
+    value = os.environ.get("EDGENET_DEVICE_PIXELS", "0").strip().lower()
+    chosen = {"0": (), "": (), "1": ("detector",), "detector": ("detector",),
+              "classifier": ("classifier",), "both": ("detector", "classifier")}.get(value)
+    if chosen is None:
+        from edgenet.errors import warn
+
+        warn(f"EDGENET_DEVICE_PIXELS={value!r} is not one of 0, 1, detector, classifier, "
+             "both: ignored")
+        chosen = ()
+    for role in ("detector", "classifier"):
+        model = getattr(comps, role, None)
+        if model is not None and hasattr(model, "device_pixels"):
+            model.device_pixels = role in chosen
 
 
 def default_batch_size(accelerated: bool) -> int:

@@ -291,6 +291,50 @@ def test_classifier_model_fp16_input(tmp_path: Path) -> None:
     assert model.infer(np.full((2, 480, 480, 3), 128, np.uint8)).shape == (2, 3)
 
 
+@pytest.mark.parametrize("fp16", [False, True])
+def test_crop_scaling_graph_is_preprocess_input_bit_for_bit(fp16: bool) -> None:
+    """The graph `EDGENET_DEVICE_PIXELS=classifier` runs (Cast, Div 255[, Cast fp16], NHWC
+    kept) gives exactly `preprocess_input` (then `astype(float16)`) for all 256 values."""
+    import onnxruntime as ort
+
+    from edgenet.onnx_writer import unit_float_model_bytes
+
+    sess = ort.InferenceSession(unit_float_model_bytes(fp16, nchw=False),
+                                providers=["CPUExecutionProvider"])
+    ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1), 3, axis=3)
+    rng = np.random.default_rng(3)
+    for crops in (ramp, rng.integers(0, 256, (3, 8, 12, 3), dtype=np.uint8)):
+        got = sess.run(None, {"pixels": crops})[0]
+        want = preprocess_input(crops)
+        want = want.astype(np.float16) if fp16 else want
+        assert got.dtype == want.dtype and got.shape == want.shape == crops.shape
+        assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_classifier_infers_the_same_from_pixels(tmp_path: Path, fp16: bool) -> None:
+    path = tmp_path / "cls.onnx"
+    _tiny_classifier(path, 4, fp16=fp16)
+    model = ClassifierModel(path, ["a", "b", "c", "d"], device="cpu", threads=1)
+    crops = np.random.default_rng(4).integers(0, 256, (3, 480, 480, 3), dtype=np.uint8)
+    want = model.infer(crops)
+    model.device_pixels, model.fixed_batch = True, 2  # and padded to 2 rows, as on a GPU
+    calls: list[str] = []
+    real = model._pixels
+
+    def pixels():
+        calls.append("pixels")
+        return real()
+
+    model._pixels = pixels  # type: ignore[method-assign]
+    got = model.infer(crops)
+    assert calls and got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    # Float input (already scaled) still goes straight to the model.
+    calls.clear()
+    scaled = model.infer(preprocess_input(crops))
+    assert not calls and scaled.tobytes() == want.tobytes()
+
+
 def test_classifier_model_label_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "cls.onnx"
     _tiny_classifier(path, 4)

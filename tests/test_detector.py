@@ -21,6 +21,7 @@ from edgenet import detector
 from edgenet.constants import CATEGORY_TO_LABEL
 from edgenet.detector import DetectorModel, letterbox, letterboxed_shape, postprocess, to_tensor
 from edgenet.errors import PackError
+from edgenet.onnx_writer import unit_float_model_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -219,7 +220,7 @@ def test_unit_float_graph_is_to_tensor_bit_for_bit(fp16: bool) -> None:
     exactly `to_tensor` (then `astype(float16)`) for all 256 values, in two image shapes."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(detector.unit_float_model_bytes(fp16),
+    sess = ort.InferenceSession(unit_float_model_bytes(fp16),
                                 providers=["CPUExecutionProvider"])
     ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
     rng = np.random.default_rng(2)

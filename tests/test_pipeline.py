@@ -138,28 +138,39 @@ def test_classifier_batch_size_must_be_positive(tiny) -> None:
         _run(tiny, batch_size=2, classifier_batch_size=0)
 
 
-@pytest.mark.parametrize(("batch_size", "overlap"), [(1, "0"), (3, "1")])
-def test_device_pixels_give_the_same_json(tiny, baseline, batch_size, overlap, monkeypatch):
-    # EDGENET_DEVICE_PIXELS=1: the detector gets uint8 batches and converts them in a second
-    # onnxruntime session (on a GPU, on the device); with padding and stage threads forced as
-    # a GPU gets them. The JSON must not change.
-    from edgenet import detector as detector_module
+@pytest.mark.parametrize(("batch_size", "overlap", "which"),
+                         [(1, "0", "1"), (3, "1", "1"), (3, "1", "classifier"),
+                          (1, "0", "both")])
+def test_device_pixels_give_the_same_json(tiny, baseline, batch_size, overlap, which,
+                                          monkeypatch):
+    # EDGENET_DEVICE_PIXELS: the detector ("1"/"detector"), the classifier or both get uint8
+    # batches and convert them in a second onnxruntime session (on a GPU, on the device);
+    # with padding and stage threads forced as a GPU gets them. The JSON must not change.
     from edgenet import providers
 
-    monkeypatch.setenv("EDGENET_DEVICE_PIXELS", "1")
+    monkeypatch.setenv("EDGENET_DEVICE_PIXELS", which)
     monkeypatch.setenv("EDGENET_FIXED_BATCH", "1")
     monkeypatch.setenv("EDGENET_OVERLAP", overlap)
-    dtypes: list[str] = []
+    chained: list[tuple[str, str]] = []
     real = providers.run_chain_rows
 
     def spy(first, second, *args):
-        dtypes.append(str(args[4].dtype))
+        # the pixel graph's output: NCHW for the detector, NHWC for the classifier
+        role = "detector" if first.get_outputs()[0].shape[1] == 3 else "classifier"
+        chained.append((role, str(args[4].dtype)))
         return real(first, second, *args)
+
+    monkeypatch.setattr(providers, "run_chain_rows", spy)
+    from edgenet import detector as detector_module
 
     monkeypatch.setattr(detector_module, "run_chain_rows", spy)
     preds, stats = _run(tiny, batch_size=batch_size, workers=1)
     assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
-    assert dtypes and set(dtypes) == {"uint8"} and stats["counts"]["detector_batches"] > 0
+    want = {"1": {"detector"}, "classifier": {"classifier"},
+            "both": {"detector", "classifier"}}[which]
+    assert {role for role, _ in chained} == want
+    assert {dtype for _, dtype in chained} == {"uint8"}
+    assert stats["counts"]["detector_batches"] > 0 and stats["counts"]["crops"] > 0
 
 
 @pytest.mark.parametrize(("batch_size", "workers"), [(1, 0), (3, 1)])
@@ -592,3 +603,21 @@ def test_int8_run_warns_on_a_cpu_without_vnni(monkeypatch, capsys) -> None:
     assert "no VNNI" in capsys.readouterr().err
     pipeline.load_components(pipeline.PipelineConfig(instances=[], model=demo_pack_dir()))
     assert "VNNI" not in capsys.readouterr().err  # fp32: nothing to say
+
+
+@pytest.mark.parametrize(("value", "detector_on", "classifier_on", "warned"), [
+    ("0", False, False, False), ("1", True, False, False), ("detector", True, False, False),
+    ("classifier", False, True, False), ("Both", True, True, False), ("yes", False, False, True)])
+def test_device_pixels_switch_picks_the_models(value, detector_on, classifier_on, warned,
+                                               monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from edgenet.run_defaults import _set_device_pixels
+
+    monkeypatch.setenv("EDGENET_DEVICE_PIXELS", value)
+    comps = SimpleNamespace(detector=SimpleNamespace(device_pixels=True),
+                            classifier=SimpleNamespace(device_pixels=True))
+    _set_device_pixels(comps)
+    assert (comps.detector.device_pixels, comps.classifier.device_pixels) == (
+        detector_on, classifier_on)
+    assert ("EDGENET_DEVICE_PIXELS" in capsys.readouterr().err) == warned
