@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -31,26 +32,46 @@ class _Raised:
         self.error = error
 
 
-def run_ahead(source: Iterable[T], maxsize: int = 8, name: str = "edgenet-stage") -> Iterator[T]:
+def run_ahead(source: Iterable[T], maxsize: int = 8, name: str = "edgenet-stage",
+              waits: dict[str, float] | None = None) -> Iterator[T]:
     """Yield SOURCE's items in order while a background thread computes up to MAXSIZE ahead.
 
     SOURCE is iterated only by that thread. Closing the returned generator (or an exception in
     the consumer) tells the thread to stop after the item it is computing, and waits for it, so
     nothing touches shared state (e.g. a decode pool being shut down) after this returns.
+
+    WAITS, when given, receives seconds: `thread_s` (the producer thread's life),
+    `blocked_s` (the producer waiting for room in the queue: the consumer is slower) and
+    `starved_s` (the consumer waiting for an item: the producer is slower). Which thread of a
+    chain sets the rate is the one that neither waits for its input nor for its output (the
+    stage sums alone misled benchmarks/NOTES.md entries 9 and 20; entry 23).
     """
     items: queue.Queue[object] = queue.Queue(maxsize=max(1, int(maxsize)))
     stop = threading.Event()
+    tally = waits if waits is not None else {}
+    for key in ("thread_s", "blocked_s", "starved_s"):
+        tally.setdefault(key, 0.0)
 
     def put(obj: object) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(obj, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+        try:
+            items.put_nowait(obj)
+            return True
+        except queue.Full:
+            pass
+        t0 = time.perf_counter()
+        try:
+            while not stop.is_set():
+                try:
+                    items.put(obj, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+        finally:
+            tally["blocked_s"] += time.perf_counter() - t0
 
     def produce() -> None:
+        started = time.perf_counter()
         try:
             for item in source:
                 if not put(item):
@@ -59,6 +80,7 @@ def run_ahead(source: Iterable[T], maxsize: int = 8, name: str = "edgenet-stage"
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
             put(_Raised(err))
         finally:
+            tally["thread_s"] = time.perf_counter() - started
             close = getattr(source, "close", None)
             if stop.is_set() and callable(close):
                 try:
@@ -70,7 +92,9 @@ def run_ahead(source: Iterable[T], maxsize: int = 8, name: str = "edgenet-stage"
     thread.start()
     try:
         while True:
+            t0 = time.perf_counter()
             obj = items.get()
+            tally["starved_s"] += time.perf_counter() - t0
             if obj is _DONE:
                 return
             if isinstance(obj, _Raised):

@@ -178,6 +178,7 @@ class PipelineRun:
         _set_device_pixels(self.comps)
         self.overlap = _overlap_stages(self.comps)
         self._ahead_streams: list[Any] = []
+        self._ahead_waits: list[tuple[str, dict[str, float]]] = []  # (thread, run_ahead waits)
         self.whole_image = self.comps.whole_image
         # The signal guard is made by `run()`, on the thread that runs (handlers are the main
         # thread's only).
@@ -366,9 +367,28 @@ class PipelineRun:
             return upstream
         from edgenet.overlap import run_ahead
 
-        stream = run_ahead(upstream, maxsize=maxsize or 2 * self.config.batch_size, name=name)
+        waits: dict[str, float] = {}
+        stream = run_ahead(upstream, maxsize=maxsize or 2 * self.config.batch_size, name=name,
+                           waits=waits)
         self._ahead_streams.append(stream)
+        self._ahead_waits.append((name, waits))
         return stream
+
+    def _stage_threads(self, wall: float) -> list[dict[str, Any]]:
+        """Each stage thread's seconds and how many of them it waited for its input (the
+        thread before it) or for room to hand its output on (the thread after it): the thread
+        that waits least sets the rate. Empty when the stages ran on one thread."""
+        rows: list[dict[str, Any]] = []
+        starved_before: float | None = None  # the first thread waits on decode workers: untimed
+        for name, waits in self._ahead_waits:
+            rows.append({"thread": name, "seconds": waits.get("thread_s", 0.0),
+                         "waiting_for_input_s": starved_before,
+                         "waiting_for_output_s": waits.get("blocked_s", 0.0)})
+            starved_before = waits.get("starved_s", 0.0)
+        if rows:
+            rows.append({"thread": "main", "seconds": wall,
+                         "waiting_for_input_s": starved_before, "waiting_for_output_s": 0.0})
+        return rows
 
     def run(self) -> tuple[dict, dict]:
         """Process every remaining image; save; return `(predictions_dict, stats)`."""
@@ -437,6 +457,7 @@ class PipelineRun:
             "classifier_batch_size": classifier_batch(self.config),
             "workers": self.config.workers,
             "whole_image": self.whole_image,
+            "stage_threads": self._stage_threads(wall),
         }
 
 

@@ -876,3 +876,27 @@ def test_classifier_sensitivity_reports_each_perturbation(tiny_pack: Path) -> No
     noise = res["input noise, sigma 1e-3"]["max_logit_diff"]
     assert max(rounding, ulp) < 1e-4 < noise
     assert all(0 <= r["top1_agreement"] <= 1 and r["logit_scale"] > 0 for r in res.values())
+
+
+def test_stage_threads_note_names_the_thread_that_waits_least() -> None:
+    from edgenet.bench.report import stage_threads_note
+
+    cell = {"ok": True, "device": "cuda", "precision": "fp32", "batch_size": 8,
+            # entry 23's H100 profile, as the pipeline's own counters would give it
+            "stage_threads": [
+                {"thread": "edgenet-decode", "seconds": 10.0, "waiting_for_input_s": None,
+                 "waiting_for_output_s": 9.0},
+                {"thread": "edgenet-detect", "seconds": 10.0, "waiting_for_input_s": 0.2,
+                 "waiting_for_output_s": 5.6},
+                {"thread": "main", "seconds": 10.0, "waiting_for_input_s": 1.1,
+                 "waiting_for_output_s": 0.0}]}
+    line = stage_threads_note(cell)
+    assert "edgenet-decode - / 90%, edgenet-detect 2% / 56%, main 11% / 0%" in line
+    assert line.endswith("the rate is set by main (classifier, ensemble, results).")
+    # the first thread waiting least: its decode workers may be what holds it up
+    cell["stage_threads"][0]["waiting_for_output_s"] = 0.1
+    assert "set by edgenet-decode (" in stage_threads_note(cell)
+    assert "or the decode workers behind it" in stage_threads_note(cell)
+    # no stage threads (the CPU), or a failed cell: no line
+    assert stage_threads_note({**cell, "stage_threads": []}) == ""
+    assert stage_threads_note({**cell, "ok": False}) == ""

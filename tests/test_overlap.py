@@ -87,3 +87,23 @@ def test_consumer_exception_with_closing_stops_the_producer() -> None:
     with pytest.raises(KeyError):
         consume()
     assert not any(t.name == "t-err" for t in threading.enumerate())
+
+
+def test_waits_say_which_side_is_slower() -> None:
+    # A slow consumer: the producer waits for room (blocked), the consumer hardly waits.
+    waits: dict[str, float] = {}
+    for _ in run_ahead(iter(range(6)), maxsize=1, name="t-slow-consumer", waits=waits):
+        time.sleep(0.05)
+    assert waits["blocked_s"] > 0.15 and waits["starved_s"] < 0.05
+    assert waits["thread_s"] >= waits["blocked_s"]
+
+    # A slow producer: the consumer waits for items (starved), the producer is never blocked.
+    def slow():
+        for i in range(6):
+            time.sleep(0.05)
+            yield i
+
+    waits = {}
+    assert list(run_ahead(slow(), maxsize=8, name="t-slow-producer", waits=waits)) == list(
+        range(6))
+    assert waits["starved_s"] > 0.2 and waits["blocked_s"] == 0.0

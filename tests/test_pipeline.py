@@ -199,6 +199,14 @@ def test_overlapped_stages_give_the_same_json(tiny, baseline, batch_size, worker
     assert stats["counts"]["crops"] > 0 and stats["timings"]["detector"] > 0
     # input tensors, detector runs and the classifier each on their own thread
     assert threads == {"tensor": {"edgenet-decode"}, "run": {"edgenet-detect"}}
+    # ... and the run says how long each of them waited on the thread before and after it
+    rows = stats["stage_threads"]
+    assert [r["thread"] for r in rows] == ["edgenet-decode", "edgenet-detect", "main"]
+    assert rows[0]["waiting_for_input_s"] is None and rows[-1]["waiting_for_output_s"] == 0.0
+    for r in rows:
+        assert r["seconds"] > 0
+        for key in ("waiting_for_input_s", "waiting_for_output_s"):
+            assert r[key] is None or 0.0 <= r[key] <= r["seconds"] + 0.05
 
 
 @pytest.mark.parametrize("overlap", ["0", "1"])
@@ -230,10 +238,13 @@ def test_overlapped_classifier_only_gives_the_same_json(tiny, tmp_path, monkeypa
     det_path = tmp_path / "d.json"
     _run(tiny, mode="detector", predictions_json=det_path)
     detections = P.load_component_results(det_path, tiny["instances"], "detector")
-    plain, _ = _run(tiny, mode="classifier", detections=detections, batch_size=2)
+    plain, plain_stats = _run(tiny, mode="classifier", detections=detections, batch_size=2)
     monkeypatch.setenv("EDGENET_OVERLAP", "1")
-    overlapped, _ = _run(tiny, mode="classifier", detections=detections, batch_size=2)
+    overlapped, stats = _run(tiny, mode="classifier", detections=detections, batch_size=2)
     assert P.dumps_predictions(overlapped) == P.dumps_predictions(plain)
+    # one stage thread (decoding and cropping) before the caller's; none without overlap
+    assert [r["thread"] for r in stats["stage_threads"]] == ["edgenet-decode", "main"]
+    assert plain_stats["stage_threads"] == []
 
 
 def test_overlap_is_off_on_the_cpu(tiny, monkeypatch) -> None:

@@ -175,6 +175,7 @@ def cell_main(spec_path: str, out_path: str) -> int:
             wall_s=float(warm["wall_s"]),
             stages=stage_seconds(warm.get("timings", {})),
             counts=warm.get("counts", {}),
+            stage_threads=warm.get("stage_threads") or [],
             workers=warm.get("workers"),
             images=len(spec.images),
             **_summarise_predictions(preds.get("predictions", [])),

@@ -111,9 +111,42 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             + f" | {_fmt(rss, 0)} | {_fmt(c.get('peak_gpu_mb'), 0)} | {c.get('fidelity', '')} |"
         )
     notes = [_classifier_alone_note(c) for c in report["cells"] if c.get("classifier_alone")]
+    notes += [line for c in report["cells"] if (line := stage_threads_note(c))]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+# What each stage thread of the pipeline does (edgenet/pipeline.py, `PipelineRun._stream`).
+_THREAD_WORK = {"edgenet-decode": "decode results, batching, detector input tensors",
+                "edgenet-detect": "detector runs, NMS, crop jobs",
+                "main": "classifier, ensemble, results"}
+
+
+def stage_threads_note(cell: Mapping[str, Any]) -> str:
+    """One line on the cell's stage threads (GPU providers run the stages on threads): the
+    share of each thread's time spent waiting for its input or for the next thread, and which
+    thread therefore sets the rate (the one that waits least). Empty without stage threads."""
+    rows = [r for r in cell.get("stage_threads") or [] if r.get("seconds")]
+    if not cell.get("ok") or len(rows) < 2:
+        return ""
+
+    def share(value: float | None, total: float) -> str:
+        return "-" if value is None else f"{100.0 * value / total:.0f}%"
+
+    def waiting(row: Mapping[str, Any]) -> float:
+        return ((row.get("waiting_for_input_s") or 0.0)
+                + (row.get("waiting_for_output_s") or 0.0)) / row["seconds"]
+
+    parts = [f"{r['thread']} {share(r.get('waiting_for_input_s'), r['seconds'])} / "
+             f"{share(r.get('waiting_for_output_s'), r['seconds'])}" for r in rows]
+    limit = min(rows, key=waiting)
+    work = _THREAD_WORK.get(limit["thread"], "")
+    return (f"- {cell['device']} {cell['precision']} b{cell['batch_size']}, stage threads "
+            f"(share of each thread's time waiting for its input / for the next thread): "
+            f"{', '.join(parts)}; the rate is set by {limit['thread']}"
+            + (f" ({work})" if work else "")
+            + (" or the decode workers behind it" if limit is rows[0] else "") + ".")
 
 
 def _classifier_alone_note(cell: Mapping[str, Any]) -> str:
