@@ -74,6 +74,10 @@ PROBE_RUNS = [r for r in os.environ.get("EDGENET_GPU_PROBE_RUNS", "").split(",")
 # TF32 off; stages: `edgenet bench` on the big set).
 PRECISIONS = os.environ.get("EDGENET_GPU_PRECISIONS", "fp32,fp16")
 BENCH_STEPS = set(os.environ.get("EDGENET_GPU_BENCH_STEPS", "speed,fidelity14,stages").split(","))
+# `probe`'s `alone` step: which CUDA option sets gpu_probe.py times each model under (its first
+# run per set is the cold start's largest part on a GPU: entry 23, the classifier's 5 s)
+ALONE_VARIANTS = os.environ.get("EDGENET_GPU_ALONE_VARIANTS",
+                                "default,nhwc,no_search,exhaustive,graph")
 
 
 # ------------------------------------------------------------------------------ here
@@ -454,7 +458,7 @@ def probe(out: Path, budget_s: float) -> None:
     # 2. Each model alone under CUDA option variants.
     if "alone" in PROBE_STEPS:
         _sh([sys.executable, str(REPO / "benchmarks" / "gpu_probe.py"), str(pack), "--batches",
-             "8", "--variants", "default,nhwc,no_search,exhaustive,graph", "--uint8-detector",
+             "8", "--variants", ALONE_VARIANTS, "--uint8-detector",
              "--json", str(out / "probe.json")],
             env, max(30, (t_end - time.monotonic()) * 0.5))
     # 3. Whole runs with the option sets the probe is about, most wanted first; each one's
