@@ -374,6 +374,12 @@ class PipelineRun:
         self._ahead_waits.append((name, waits))
         return stream
 
+    # What each stage thread runs (`_stream`), and the caller's thread after them, by mode.
+    _THREAD_WORK = {"edgenet-decode": "decode results, batching, detector input tensors",
+                    "edgenet-detect": "detector runs, NMS, crop jobs"}
+    _MAIN_WORK = {"full": "classifier, ensemble, results", "classifier": "classifier, results",
+                  "detector": "detector runs, NMS, results"}
+
     def _stage_threads(self, wall: float) -> list[dict[str, Any]]:
         """Each stage thread's seconds and how many of them it waited for its input (the
         thread before it) or for room to hand its output on (the thread after it): the thread
@@ -381,13 +387,17 @@ class PipelineRun:
         rows: list[dict[str, Any]] = []
         starved_before: float | None = None  # the first thread waits on decode workers: untimed
         for name, waits in self._ahead_waits:
-            rows.append({"thread": name, "seconds": waits.get("thread_s", 0.0),
+            work = self._THREAD_WORK.get(name, "")
+            if name == "edgenet-decode" and self.config.mode == "classifier":
+                work = "decoding and cropping results"
+            rows.append({"thread": name, "work": work, "seconds": waits.get("thread_s", 0.0),
                          "waiting_for_input_s": starved_before,
                          "waiting_for_output_s": waits.get("blocked_s", 0.0)})
             starved_before = waits.get("starved_s", 0.0)
         if rows:
-            rows.append({"thread": "main", "seconds": wall,
-                         "waiting_for_input_s": starved_before, "waiting_for_output_s": 0.0})
+            rows.append({"thread": "main", "work": self._MAIN_WORK.get(self.config.mode, ""),
+                         "seconds": wall, "waiting_for_input_s": starved_before,
+                         "waiting_for_output_s": 0.0})
         return rows
 
     def run(self) -> tuple[dict, dict]:

@@ -509,9 +509,9 @@ def run_with_iobinding(
     arrays (`bind_cpu_input`); `OrtValue.ortvalue_from_numpy(..., "cuda")`, used before, made
     the 15-18 ms host->device copy of a detector batch while holding the GIL (its pybind code
     releases nothing), stalling the pipeline's other threads (benchmarks/NOTES.md, entries 9
-    and 10). `bind_cpu_input` still holds the GIL for ~7 ms per 8-crop classifier batch on the
-    H100 machine (entry 23: a copy of the array), less than that. On other providers this is
-    plain `sess.run`.
+    and 10). `bind_cpu_input` itself still holds the GIL while it copies the array: ~7 ms per
+    8-crop classifier batch on the H100 machine (entry 23). On other providers this is plain
+    `sess.run`.
     """
     names = list(output_names) if output_names is not None else [
         o.name for o in sess.get_outputs()

@@ -884,18 +884,18 @@ def test_stage_threads_note_names_the_thread_that_waits_least() -> None:
     cell = {"ok": True, "device": "cuda", "precision": "fp32", "batch_size": 8,
             # entry 23's H100 profile, as the pipeline's own counters would give it
             "stage_threads": [
-                {"thread": "edgenet-decode", "seconds": 10.0, "waiting_for_input_s": None,
-                 "waiting_for_output_s": 9.0},
-                {"thread": "edgenet-detect", "seconds": 10.0, "waiting_for_input_s": 0.2,
-                 "waiting_for_output_s": 5.6},
-                {"thread": "main", "seconds": 10.0, "waiting_for_input_s": 1.1,
-                 "waiting_for_output_s": 0.0}]}
+                {"thread": "edgenet-decode", "work": "decode results", "seconds": 10.0,
+                 "waiting_for_input_s": None, "waiting_for_output_s": 9.0},
+                {"thread": "edgenet-detect", "work": "detector runs", "seconds": 10.0,
+                 "waiting_for_input_s": 0.2, "waiting_for_output_s": 5.6},
+                {"thread": "main", "work": "classifier, ensemble, results", "seconds": 10.0,
+                 "waiting_for_input_s": 1.1, "waiting_for_output_s": 0.0}]}
     line = stage_threads_note(cell)
     assert "edgenet-decode - / 90%, edgenet-detect 2% / 56%, main 11% / 0%" in line
     assert line.endswith("the rate is set by main (classifier, ensemble, results).")
     # the first thread waiting least: its decode workers may be what holds it up
     cell["stage_threads"][0]["waiting_for_output_s"] = 0.1
-    assert "set by edgenet-decode (" in stage_threads_note(cell)
+    assert "set by edgenet-decode (decode results)" in stage_threads_note(cell)
     assert "or the decode workers behind it" in stage_threads_note(cell)
     # no stage threads (the CPU), or a failed cell: no line
     assert stage_threads_note({**cell, "stage_threads": []}) == ""

@@ -243,7 +243,8 @@ def test_overlapped_classifier_only_gives_the_same_json(tiny, tmp_path, monkeypa
     overlapped, stats = _run(tiny, mode="classifier", detections=detections, batch_size=2)
     assert P.dumps_predictions(overlapped) == P.dumps_predictions(plain)
     # one stage thread (decoding and cropping) before the caller's; none without overlap
-    assert [r["thread"] for r in stats["stage_threads"]] == ["edgenet-decode", "main"]
+    assert [(r["thread"], r["work"]) for r in stats["stage_threads"]] == [
+        ("edgenet-decode", "decoding and cropping results"), ("main", "classifier, results")]
     assert plain_stats["stage_threads"] == []
 
 

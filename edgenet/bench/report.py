@@ -117,12 +117,6 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# What each stage thread of the pipeline does (edgenet/pipeline.py, `PipelineRun._stream`).
-_THREAD_WORK = {"edgenet-decode": "decode results, batching, detector input tensors",
-                "edgenet-detect": "detector runs, NMS, crop jobs",
-                "main": "classifier, ensemble, results"}
-
-
 def stage_threads_note(cell: Mapping[str, Any]) -> str:
     """One line on the cell's stage threads (GPU providers run the stages on threads): the
     share of each thread's time spent waiting for its input or for the next thread, and which
@@ -141,7 +135,7 @@ def stage_threads_note(cell: Mapping[str, Any]) -> str:
     parts = [f"{r['thread']} {share(r.get('waiting_for_input_s'), r['seconds'])} / "
              f"{share(r.get('waiting_for_output_s'), r['seconds'])}" for r in rows]
     limit = min(rows, key=waiting)
-    work = _THREAD_WORK.get(limit["thread"], "")
+    work = limit.get("work") or ""
     return (f"- {cell['device']} {cell['precision']} b{cell['batch_size']}, stage threads "
             f"(share of each thread's time waiting for its input / for the next thread): "
             f"{', '.join(parts)}; the rate is set by {limit['thread']}"
