@@ -556,20 +556,25 @@ class ClassifierModel:
         """Logits float32 (N, L) for uint8 crops (or already-scaled float NHWC input). With
         `device_pixels`, uint8 crops go to the session as they are and a second session on
         the same provider scales them (on the GPU there)."""
-        from edgenet.providers import run_chain_rows, run_rows
+        from edgenet.providers import halving_batch_on_oom, run_chain_rows, run_rows
 
         arr = np.asarray(batch)
         if arr.shape[0] == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        if self.device_pixels and arr.dtype == np.uint8:
-            raw = run_chain_rows(self._pixels(), self.session, "pixels", "tensor",
-                                 self.input_name, self.output_name, arr, self.fixed_batch)
-        else:
-            x = preprocess_input(arr)
-            if x.dtype != self.input_dtype:
-                x = x.astype(self.input_dtype)
-            raw = run_rows(self.session, self.input_name, self.output_name, x, self.fixed_batch)
-        logits = np.asarray(raw, dtype=np.float32)
+        on_device = self.device_pixels and arr.dtype == np.uint8
+        if not on_device:
+            arr = preprocess_input(arr)
+            if arr.dtype != self.input_dtype:
+                arr = arr.astype(self.input_dtype)
+
+        def attempt() -> np.ndarray:
+            if on_device:
+                return run_chain_rows(self._pixels(), self.session, "pixels", "tensor",
+                                      self.input_name, self.output_name, arr, self.fixed_batch)
+            return run_rows(self.session, self.input_name, self.output_name, arr,
+                            self.fixed_batch)
+
+        logits = np.asarray(halving_batch_on_oom(self, attempt, "classifier"), dtype=np.float32)
         if logits.ndim != 2 or logits.shape[1] != len(self.labels):
             # Only reachable when the model's output width is symbolic (pack check skipped).
             raise EdgenetError(

@@ -27,7 +27,13 @@ from edgenet.letterbox import (  # noqa: F401 - re-exported: edgenet.detector AP
 )
 from edgenet.nms import md_bboxes_from_nms, non_max_suppression
 from edgenet.onnx_writer import unit_float_model_bytes
-from edgenet.providers import make_session, run_chain_rows, run_rows, session_like
+from edgenet.providers import (
+    halving_batch_on_oom,
+    make_session,
+    run_chain_rows,
+    run_rows,
+    session_like,
+)
 
 # float32(x / 255) computed in double first, as the reference does (`arr / 255` on a uint8
 # array is float64; `.float()` rounds afterwards). A table is exact and faster than division.
@@ -188,14 +194,17 @@ class DetectorModel:
         """Raw predictions (N, rows, 5 + classes) as float32 for an NCHW float batch or, from
         `to_tensor` with `device_pixels`, an NHWC uint8 one."""
         batch = np.asarray(batch)
-        if batch.dtype == np.uint8:
-            raw = run_chain_rows(self._pixels(), self.session, "pixels", "tensor",
-                                 self.input_name, self.output_name, batch, self.fixed_batch)
-        else:
-            if batch.dtype != self.input_dtype:
-                batch = batch.astype(self.input_dtype)
-            raw = run_rows(self.session, self.input_name, self.output_name, batch,
-                           self.fixed_batch)
+        if batch.dtype not in (np.uint8, self.input_dtype):
+            batch = batch.astype(self.input_dtype)
+
+        def attempt() -> np.ndarray:
+            if batch.dtype == np.uint8:
+                return run_chain_rows(self._pixels(), self.session, "pixels", "tensor",
+                                      self.input_name, self.output_name, batch, self.fixed_batch)
+            return run_rows(self.session, self.input_name, self.output_name, batch,
+                            self.fixed_batch)
+
+        raw = halving_batch_on_oom(self, attempt, "detector")
         return raw if raw.dtype == np.float32 else raw.astype(np.float32)
 
     def _pixels(self) -> Any:

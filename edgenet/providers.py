@@ -12,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
-from edgenet.errors import EdgenetError, PackError
+from edgenet.errors import EdgenetError, PackError, warn
+
+T = TypeVar("T")
 
 # --device value -> onnxruntime provider name.
 DEVICE_PROVIDERS: dict[str, str] = {
@@ -418,6 +421,40 @@ def describe_session(sess: ort.InferenceSession) -> str:
         f"providers {' > '.join(shown)}; inputs {io(sess.get_inputs())}; "
         f"outputs {io(sess.get_outputs())}{threads}"
     )
+
+
+# How onnxruntime's GPU providers say a device allocation failed: the BFC arena ("Failed to
+# allocate memory for requested buffer"), CUDA ("out of memory"), cuDNN/cuBLAS
+# ("..._STATUS_ALLOC_FAILED"), DirectML ("E_OUTOFMEMORY", 0x8007000E).
+_OUT_OF_MEMORY = re.compile(r"out of memory|failed to allocate|alloc_failed|e_outofmemory|"
+                            r"8007000e", re.IGNORECASE)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True when ERR is a provider's report that device memory ran out."""
+    return bool(_OUT_OF_MEMORY.search(str(err)))
+
+
+def halving_batch_on_oom(model: Any, attempt: Callable[[], T], role: str) -> T:
+    """ATTEMPT() (a run of MODEL's session in batches of `model.fixed_batch` rows); when the
+    device runs out of memory, halve `model.fixed_batch` and try again, down to one row.
+
+    Why: the GPU defaults (batch 8 images of 1280x960, 8 crops of 480x480) peaked at 9.2 GB of
+    an H100 in fp32 (benchmarks/NOTES.md entry 23); a laptop or Jetson-class GPU has less, and
+    without this every batch of such a run would fail its images. The smaller size stays for
+    the rest of the run (each new size costs one warm-up on the device). Predictions can differ
+    in the last digits from a larger batch's with TF32 on (entry 20); they are not lost."""
+    while True:
+        try:
+            return attempt()
+        except Exception as err:
+            size = getattr(model, "fixed_batch", None)
+            if not size or size <= 1 or not is_out_of_memory(err):
+                raise
+            model.fixed_batch = size // 2
+            warn(f"the {role} ran out of device memory at {size} rows per run; running "
+                 f"{model.fixed_batch} at a time from now on (a smaller --batch-size avoids "
+                 "the failed first try)")
 
 
 def run_rows(sess: ort.InferenceSession, input_name: str, output_name: str, x: np.ndarray,

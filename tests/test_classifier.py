@@ -542,3 +542,60 @@ def test_make_crops_on_threads_gives_the_same_bytes_in_order() -> None:
     for threads in (1, 3):
         with pytest.raises(CropError):
             make_crops(img, empty, threads=threads)
+
+
+class _SmallDevice:
+    """A classifier session whose device holds at most MAX_ROWS rows per run: larger runs fail
+    with onnxruntime's CUDA arena message."""
+
+    def __init__(self, real, max_rows: int) -> None:
+        self.real, self.max_rows, self.rows_seen = real, max_rows, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def run(self, names, feeds):
+        rows = next(iter(feeds.values())).shape[0]
+        self.rows_seen.append(rows)
+        if rows > self.max_rows:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status "
+                               "code returned while running Conv node. Failed to allocate "
+                               "memory for requested buffer of size 1073741824")
+        return self.real.run(names, feeds)
+
+
+def test_classifier_halves_its_batch_when_the_device_runs_out_of_memory(tmp_path: Path,
+                                                                        capsys) -> None:
+    path = tmp_path / "cls.onnx"
+    _tiny_classifier(path, 4)
+    plain = ClassifierModel(path, ["a", "b", "c", "d"], device="cpu", threads=1)
+    crops = np.random.default_rng(5).integers(0, 256, (5, 480, 480, 3), dtype=np.uint8)
+    want = plain.infer(crops)
+    small = _SmallDevice(plain.session, max_rows=2)
+    model = ClassifierModel(path, ["a", "b", "c", "d"], device="cpu", session=small)
+    model.fixed_batch = 8  # as the pipeline sets it on a GPU
+    got = model.infer(crops)
+    assert got.tobytes() == want.tobytes() and model.fixed_batch == 2
+    assert small.rows_seen[:3] == [8, 4, 2]  # 8 and 4 failed; then runs of 2 rows
+    assert "ran out of device memory at 8 rows" in capsys.readouterr().err
+    # the smaller size stays: the next batch runs at 2 rows straight away
+    small.rows_seen.clear()
+    assert model.infer(crops[:3]).tobytes() == want[:3].tobytes()
+    assert small.rows_seen == [2, 2]
+    # one row that does not fit, or another error, still fails the batch
+    tiny = _SmallDevice(plain.session, max_rows=0)
+    model = ClassifierModel(path, ["a", "b", "c", "d"], device="cpu", session=tiny)
+    model.fixed_batch = 2
+    with pytest.raises(RuntimeError, match="Failed to allocate"):
+        model.infer(crops[:1])
+    assert model.fixed_batch == 1
+
+
+def test_out_of_memory_messages_are_recognised() -> None:
+    from edgenet.providers import is_out_of_memory
+
+    for text in ("CUDA failure 2: out of memory ; GPU=0", "Failed to allocate memory for "
+                 "requested buffer of size 8", "CUDNN_STATUS_ALLOC_FAILED",
+                 "DirectML: E_OUTOFMEMORY (0x8007000E)"):
+        assert is_out_of_memory(RuntimeError(text))
+    assert not is_out_of_memory(RuntimeError("Invalid input shape"))

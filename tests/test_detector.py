@@ -248,6 +248,37 @@ def test_detector_infers_the_same_from_pixels(tmp_path: Path, fp16: bool) -> Non
     assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
 
 
+def test_detector_halves_its_batch_when_the_device_runs_out_of_memory(tmp_path: Path,
+                                                                      capsys) -> None:
+    table, mask = _raw_table()
+    plain = DetectorModel(_tiny_detector(tmp_path / "det.onnx", table, mask, False),
+                          device="cpu")
+    boxed = [plain.preprocess(PIL.Image.new("RGB", (1600, 1200), c))
+             for c in ((0, 0, 0), (255, 255, 255), (90, 20, 200))]
+    want = plain.infer(plain.to_tensor(boxed))
+    rows_seen: list[int] = []
+
+    class SmallDevice:  # at most one image per run, as on a GPU with little memory
+        def __getattr__(self, name):
+            return getattr(plain.session, name)
+
+        def run(self, names, feeds):
+            rows = next(iter(feeds.values())).shape[0]
+            rows_seen.append(rows)
+            if rows > 1:
+                raise RuntimeError("CUDA failure 2: out of memory ; GPU=0")
+            return plain.session.run(names, feeds)
+
+    model = DetectorModel(tmp_path / "det.onnx", device="cpu", session=SmallDevice())
+    model.fixed_batch = 4  # padded to 4 rows, as the pipeline sets it on a GPU
+    tensor = model.to_tensor(boxed)
+    assert tensor.shape[0] == 4
+    got = model.infer(tensor)[: len(boxed)]
+    assert got.tobytes() == want.tobytes() and model.fixed_batch == 1
+    assert rows_seen == [4, 2, 1, 1, 1, 1]
+    assert "detector ran out of device memory at 4 rows" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("device_pixels", [False, True])
 def test_partial_fixed_batch_is_built_at_full_size(tmp_path: Path, device_pixels: bool) -> None:
     # With a fixed batch (GPU providers), a partial batch's input comes out at the fixed size
