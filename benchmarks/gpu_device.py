@@ -516,12 +516,26 @@ def probe(out: Path, budget_s: float) -> None:
                "--instances-json", str(instances), "--predictions-json", str(preds),
                "--precision", prec, "--device", DEVICE, "--quiet", *extra_args]
         _log("$ " + " ".join(cmd))
-        # Measured as the README's table measures (entry 14: peak RSS of the process tree).
-        got = run_measured(cmd, {**env, **extra_env}, t_end - time.monotonic() - 10)
+        # Measured as the README's table measures (entry 14: peak RSS of the process tree);
+        # the run's own stats give each stage thread's waits (which one sets the rate).
+        stats_json = ROOT / "work" / f"probe_{label}_{prec}.stats.json"
+        stats_json.unlink(missing_ok=True)
+        got = run_measured(cmd, {**env, **extra_env, "EDGENET_STATS_JSON": str(stats_json)},
+                           t_end - time.monotonic() - 10)
         row = {"run": label, "env": extra_env, "args": extra_args, "precision": prec,
                "rc": got["returncode"], "wall_s": round(got["wall_s"], 2), "images": n_images,
                "peak_rss_tree_mb": got["peak_rss_tree_mb"],
                "peak_rss_largest_mb": got["peak_rss_wait4_mb"], "peak_gpu_mb": got["peak_gpu_mb"]}
+        if stats_json.is_file():
+            stats = json.loads(stats_json.read_text())
+            row["stage_threads"] = stats.get("stage_threads")
+            row["timings"] = stats.get("timings")
+            from edgenet.bench.report import stage_threads_note
+
+            note = stage_threads_note({"ok": True, "stage_threads": row["stage_threads"]},
+                                      f"{label} {prec}")
+            if note:
+                _log(note)
         if got["returncode"] != 0:
             _log(got["output_tail"])
         base = ROOT / "work" / f"probe_default_{prec}.json"

@@ -381,6 +381,12 @@ def run_command(**opts: object) -> int:
         from edgenet.predictions import dumps_predictions
 
         sys.stdout.write(dumps_predictions(data) + "\n")
+    stats_path = os.environ.get("EDGENET_STATS_JSON")
+    if stats_path:  # a measurement switch: the run's own timings (benchmarks/gpu_device.py)
+        import json
+
+        Path(stats_path).write_text(json.dumps(stats, indent=1, default=str) + "\n",
+                                    encoding="utf-8")
     if stats["interrupted"]:
         where = f" to `{work_path}`" if work_path else ""
         _err(

@@ -900,3 +900,4 @@ def test_stage_threads_note_names_the_thread_that_waits_least() -> None:
     # no stage threads (the CPU), or a failed cell: no line
     assert stage_threads_note({**cell, "stage_threads": []}) == ""
     assert stage_threads_note({**cell, "ok": False}) == ""
+    assert stage_threads_note(cell, "default fp32").startswith("- default fp32, stage threads")

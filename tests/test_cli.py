@@ -103,12 +103,18 @@ def test_run_resume_mixing_and_md(capsys, tiny, tmp_path) -> None:
     first = out.read_text(encoding="utf-8")
     preds = json.loads(first)["predictions"]
     assert len(preds) == 9 and sum(1 for p in preds if p.get("failures")) == 2
-    # Other detector and classifier batch sizes: the same file.
-    other = tmp_path / "batches.json"
-    code, _, err = _main(capsys, *base, "--predictions-json", other, "--batch-size", "2",
-                         "--classifier-batch-size", "3", "-q")
+    # Other detector and classifier batch sizes: the same file (and, asked for through
+    # EDGENET_STATS_JSON, the run's own stats).
+    other, stats_path = tmp_path / "batches.json", tmp_path / "stats.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGENET_STATS_JSON", str(stats_path))
+        code, _, err = _main(capsys, *base, "--predictions-json", other, "--batch-size", "2",
+                             "--classifier-batch-size", "3", "-q")
     assert code == 0, err
     assert other.read_text(encoding="utf-8") == first
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    assert stats["images_processed"] == 9 and stats["classifier_batch_size"] == 3
+    assert stats["timings"]["detector"] > 0 and stats["stage_threads"] == []
     code, _, err = _main(capsys, *base, "--predictions-json", other, "--classifier-batch-size",
                          "0")
     assert code == 2 and "--classifier-batch-size must be at least 1" in err

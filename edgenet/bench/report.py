@@ -117,7 +117,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_threads_note(cell: Mapping[str, Any]) -> str:
+def stage_threads_note(cell: Mapping[str, Any], label: str | None = None) -> str:
     """One line on the cell's stage threads (GPU providers run the stages on threads): the
     share of each thread's time spent waiting for its input or for the next thread, and which
     thread therefore sets the rate (the one that waits least). Empty without stage threads."""
@@ -136,7 +136,8 @@ def stage_threads_note(cell: Mapping[str, Any]) -> str:
              f"{share(r.get('waiting_for_output_s'), r['seconds'])}" for r in rows]
     limit = min(rows, key=waiting)
     work = limit.get("work") or ""
-    return (f"- {cell['device']} {cell['precision']} b{cell['batch_size']}, stage threads "
+    label = label or f"{cell['device']} {cell['precision']} b{cell['batch_size']}"
+    return (f"- {label}, stage threads "
             f"(share of each thread's time waiting for its input / for the next thread): "
             f"{', '.join(parts)}; the rate is set by {limit['thread']}"
             + (f" ({work})" if work else "")
