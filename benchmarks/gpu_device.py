@@ -482,6 +482,7 @@ def probe(out: Path, budget_s: float) -> None:
         ("batch_16_crops_8", {}, "fp32", ["--batch-size", "16", "--classifier-batch-size", "8"]),
         ("batch_16_clf_pixels", {"EDGENET_DEVICE_PIXELS": "classifier"}, "fp32",
          ["--batch-size", "16"]),
+        ("both_pixels", {"EDGENET_DEVICE_PIXELS": "both"}, "fp32", []),
         # entry 16: the heap trimmed after the sessions are built (on by default); off here
         ("no_heap_trim", {"EDGENET_TRIM": "0"}, "fp32", []),
         ("crop_batch_32", {}, "fp32", crops32),
@@ -497,6 +498,9 @@ def probe(out: Path, budget_s: float) -> None:
         ("malloc_mmap_1M", {"MALLOC_MMAP_THRESHOLD_": "1048576"}, "fp32", []),
         ("default", {}, "fp16", []), ("crop_batch_32", {}, "fp16", crops32),
         ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp16", []),
+        # fp16 was slower than fp32 in the pipeline (entries 9, 20): its float16 casts run on
+        # the CPU, on the threads that set the rate (entry 23); on the device instead?
+        ("both_pixels", {"EDGENET_DEVICE_PIXELS": "both"}, "fp16", []),
         ("prefer_nhwc", {"EDGENET_CUDA_OPTIONS": "prefer_nhwc=1"}, "fp16", [])]
     if PROBE_RUNS:
         by_key = {f"{label}:{prec}": (label, e, prec, a) for label, e, prec, a in runs}
