@@ -102,13 +102,16 @@ def load_components(config: PipelineConfig) -> Components:
         detector_path = _attr(files, "detector")
         comps.detector_name = Path(detector_path).name if detector_path else None
     classifier_session = None
-    from edgenet.providers import make_session
+    from edgenet.providers import make_session, warm_up_in_background
 
     def open_session(role: str) -> Any:
         # The CPU arena only at batch 1 (providers.make_session says why).
         rows = config.batch_size if role == "detector" else classifier_batch(config)
-        return make_session(_attr(files, role), config.device, config.threads,
+        sess = make_session(_attr(files, role), config.device, config.threads,
                             config.precision, rows == 1)
+        if role == "classifier":  # its first run comes last and costs most (entry 23)
+            warm_up_in_background(sess, rows)
+        return sess
 
     if need_classifier and comps.classifier is None and need_detector and comps.detector is None:
         # Both sessions at once: building one is mostly single-threaded graph optimisation

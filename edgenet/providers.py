@@ -457,6 +457,32 @@ def halving_batch_on_oom(model: Any, attempt: Callable[[], T], role: str) -> T:
                  "the failed first try)")
 
 
+def warm_up_in_background(sess: ort.InferenceSession, rows: int) -> threading.Thread | None:
+    """`EDGENET_GPU_WARMUP=1`: on a shape-sensitive provider, run SESS once on zeros of ROWS
+    rows on a daemon thread, so the provider's first run at that shape (kernel and algorithm
+    selection: the classifier's took 5.0 s of a 9.0 s cold start on the H100, benchmarks/
+    NOTES.md entry 23) overlaps the other model's build and first run instead of following
+    them. onnxruntime sessions take concurrent runs, so a real run that starts meanwhile is
+    correct; it waits on the same per-node state. Off by default: not yet measured on a GPU.
+    Returns the thread (None when nothing runs); symbolic dims other than the batch are 1."""
+    if os.environ.get("EDGENET_GPU_WARMUP") != "1" or not is_shape_sensitive(sess):
+        return None
+    inp = sess.get_inputs()[0]
+    dims = [rows] + [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape[1:]]
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    out = sess.get_outputs()[0].name
+
+    def run() -> None:
+        try:
+            run_with_iobinding(sess, {inp.name: np.zeros(dims, dtype)}, [out])
+        except Exception as err:  # noqa: BLE001 - a warm-up must never fail the run
+            warn(f"warm-up run failed (the first real run pays instead): {err}")
+
+    thread = threading.Thread(target=run, name="edgenet-warmup", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_rows(sess: ort.InferenceSession, input_name: str, output_name: str, x: np.ndarray,
              fixed_batch: int | None = None) -> np.ndarray:
     """OUTPUT_NAME of SESS for the rows of X (fed as INPUT_NAME): in one run, or in runs of

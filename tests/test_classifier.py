@@ -599,3 +599,39 @@ def test_out_of_memory_messages_are_recognised() -> None:
                  "DirectML: E_OUTOFMEMORY (0x8007000E)"):
         assert is_out_of_memory(RuntimeError(text))
     assert not is_out_of_memory(RuntimeError("Invalid input shape"))
+
+
+def test_gpu_warm_up_runs_zeros_at_the_batch_shape_in_the_background(tmp_path: Path,
+                                                                     monkeypatch, capsys):
+    import onnxruntime as ort
+
+    from edgenet import providers
+
+    path = tmp_path / "cls.onnx"
+    _tiny_classifier(path, 4)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert providers.warm_up_in_background(sess, 8) is None  # off by default
+    monkeypatch.setenv("EDGENET_GPU_WARMUP", "1")
+    assert providers.warm_up_in_background(sess, 8) is None  # the CPU: no shape costs
+    monkeypatch.setattr(providers, "is_shape_sensitive", lambda _sess: True)
+    seen: list[tuple[tuple[int, ...], str, int]] = []
+    real = providers.run_with_iobinding
+
+    def spy(s, feeds, names=None):
+        (arr,) = feeds.values()
+        seen.append((arr.shape, str(arr.dtype), int(np.count_nonzero(arr))))
+        return real(s, feeds, names)
+
+    monkeypatch.setattr(providers, "run_with_iobinding", spy)
+    thread = providers.warm_up_in_background(sess, 8)
+    assert thread is not None and thread.name == "edgenet-warmup" and thread.daemon
+    thread.join(30)
+    assert seen == [((8, 480, 480, 3), "float32", 0)]
+
+    # A warm-up that fails only warns: the first real run pays instead.
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no device")
+
+    monkeypatch.setattr(providers, "run_with_iobinding", broken)
+    providers.warm_up_in_background(sess, 2).join(30)
+    assert "warm-up run failed" in capsys.readouterr().err

@@ -633,3 +633,25 @@ def test_device_pixels_switch_picks_the_models(value, detector_on, classifier_on
     assert (comps.detector.device_pixels, comps.classifier.device_pixels) == (
         detector_on, classifier_on)
     assert ("EDGENET_DEVICE_PIXELS" in capsys.readouterr().err) == warned
+
+
+def test_gpu_warm_up_gives_the_same_json(tiny, baseline, monkeypatch) -> None:
+    # EDGENET_GPU_WARMUP=1 with the provider treated as shape-sensitive (as CUDA is): the
+    # classifier's session runs once on zeros in the background while the detector loads;
+    # the predictions do not change.
+    from edgenet import providers
+
+    monkeypatch.setenv("EDGENET_GPU_WARMUP", "1")
+    monkeypatch.setattr(providers, "is_shape_sensitive", lambda _sess: True)
+    started: list[int] = []
+    real = providers.warm_up_in_background
+
+    def spy(sess, rows):
+        thread = real(sess, rows)
+        started.append(rows)
+        return thread
+
+    monkeypatch.setattr(providers, "warm_up_in_background", spy)  # components imports it late
+    preds, _ = _run(tiny, batch_size=3, workers=1)
+    assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
+    assert started == [3]
