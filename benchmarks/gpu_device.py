@@ -614,8 +614,9 @@ def main() -> None:
     pf = sub.add_parser("fidelity")
     pf.add_argument("--budget-s", type=float, default=150)
     a = p.parse_args()
-    if BENCH_STEPS - {"speed", "fidelity14", "stages"}:
-        p.error(f"EDGENET_GPU_BENCH_STEPS: unknown {sorted(BENCH_STEPS)}; "
+    unknown_bench = BENCH_STEPS - {"speed", "fidelity14", "stages"}
+    if unknown_bench:
+        p.error(f"EDGENET_GPU_BENCH_STEPS: unknown {sorted(unknown_bench)}; "
                 "known: speed, fidelity14, stages")
     unknown_steps = PROBE_STEPS - {"pyspy", "alone", "runs"}
     if unknown_steps:
