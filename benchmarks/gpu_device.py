@@ -474,7 +474,7 @@ def probe(out: Path, budget_s: float) -> None:
         ("copy_streams", {"EDGENET_CUDA_OPTIONS": "do_copy_in_default_stream=0"}, "fp32", []),
         ("overlap_off", {"EDGENET_OVERLAP": "0"}, "fp32", []),
         # the detector's batch (8 on a GPU by default): fewer, larger device calls? (entry
-        # 23: 15-20% faster on the H100, +700 MB peak RSS; the classifier then runs 16 crops)
+        # 23: 10-18% faster on the H100, +700 MB peak RSS; the classifier then runs 16 crops)
         ("batch_16", {}, "fp32", ["--batch-size", "16"]),
         # entry 23: the classifier's thread sets the rate, ~20 ms of each 8-crop batch on the
         # CPU (stack, uint8 -> float, the copy): crops converted on the device instead
