@@ -436,6 +436,8 @@ def probe(out: Path, budget_s: float) -> None:
     from compare_reference import compare_predictions, make_instances, run_measured
     from stack_summary import render, summarize
 
+    from edgenet.bench.report import stage_threads_note
+
     big = _big_set(ROOT / "shared" / "images" / "speciesnet_test_data")
     instances = make_instances(big, ROOT / "work" / "probe_instances.json")
     n_images = len(json.loads(instances.read_text())["instances"])
@@ -541,8 +543,6 @@ def probe(out: Path, budget_s: float) -> None:
             # pipeline's start, after the load; the warm-up switch is about this one)
             row["model_load_s"] = stats.get("model_load_s")
             row["first_image_s"] = stats.get("first_image_s")
-            from edgenet.bench.report import stage_threads_note
-
             note = stage_threads_note({"ok": True, "stage_threads": row["stage_threads"]},
                                       f"{label} {prec}")
             if note:

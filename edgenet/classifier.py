@@ -533,7 +533,7 @@ class ClassifierModel:
         # `edgenet.providers.SHAPE_SENSITIVE_PROVIDERS`). None: whatever arrives.
         self.fixed_batch: int | None = None
         # uint8 crops in, converted by a second session on the same provider (set by the
-        # pipeline: `EDGENET_DEVICE_PIXELS`; `onnx_writer.unit_float_model_bytes` says why).
+        # pipeline: `EDGENET_DEVICE_PIXELS`; `providers.run_model_rows` runs both).
         self.device_pixels = False
         self._pixels_session: Any | None = None
         inp = session.get_inputs()[0]
@@ -556,25 +556,17 @@ class ClassifierModel:
         """Logits float32 (N, L) for uint8 crops (or already-scaled float NHWC input). With
         `device_pixels`, uint8 crops go to the session as they are and a second session on
         the same provider scales them (on the GPU there)."""
-        from edgenet.providers import halving_batch_on_oom, run_chain_rows, run_rows
+        from edgenet.providers import run_model_rows
 
         arr = np.asarray(batch)
         if arr.shape[0] == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        on_device = self.device_pixels and arr.dtype == np.uint8
-        if not on_device:
+        if not (self.device_pixels and arr.dtype == np.uint8):  # else scaled on the device
             arr = preprocess_input(arr)
             if arr.dtype != self.input_dtype:
                 arr = arr.astype(self.input_dtype)
-
-        def attempt() -> np.ndarray:
-            if on_device:
-                return run_chain_rows(self._pixels(), self.session, "pixels", "tensor",
-                                      self.input_name, self.output_name, arr, self.fixed_batch)
-            return run_rows(self.session, self.input_name, self.output_name, arr,
-                            self.fixed_batch)
-
-        logits = np.asarray(halving_batch_on_oom(self, attempt, "classifier"), dtype=np.float32)
+        logits = np.asarray(run_model_rows(self, arr, "classifier", nchw=False),
+                            dtype=np.float32)
         if logits.ndim != 2 or logits.shape[1] != len(self.labels):
             # Only reachable when the model's output width is symbolic (pack check skipped).
             raise EdgenetError(
@@ -582,16 +574,6 @@ class ClassifierModel:
                 "labels", path=self.path, fix="use the labels file that belongs to this model",
             )
         return logits
-
-    def _pixels(self) -> Any:
-        """The crop-scaling session (NHWC kept), on the classifier session's providers."""
-        if self._pixels_session is None:
-            from edgenet.onnx_writer import unit_float_model_bytes
-            from edgenet.providers import session_like
-
-            self._pixels_session = session_like(self.session, unit_float_model_bytes(
-                self.input_dtype == np.float16, nchw=False))
-        return self._pixels_session
 
     def classifications(self, logits: np.ndarray, k: int | None = 5) -> list[dict[str, Any]]:
         """Top-k dicts for each row of `logits`, with target species when configured."""

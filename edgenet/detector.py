@@ -26,14 +26,7 @@ from edgenet.letterbox import (  # noqa: F401 - re-exported: edgenet.detector AP
     letterboxed_shape,
 )
 from edgenet.nms import md_bboxes_from_nms, non_max_suppression
-from edgenet.onnx_writer import unit_float_model_bytes
-from edgenet.providers import (
-    halving_batch_on_oom,
-    make_session,
-    run_chain_rows,
-    run_rows,
-    session_like,
-)
+from edgenet.providers import make_session, run_model_rows
 
 # float32(x / 255) computed in double first, as the reference does (`arr / 255` on a uint8
 # array is float64; `.float()` rounds afterwards). A table is exact and faster than division.
@@ -158,7 +151,7 @@ class DetectorModel:
         # `edgenet.providers.SHAPE_SENSITIVE_PROVIDERS`). None: whatever arrives.
         self.fixed_batch: int | None = None
         # uint8 pixels in, converted by a second session on the same provider (set by the
-        # pipeline: `EDGENET_DEVICE_PIXELS`; `onnx_writer.unit_float_model_bytes` says why).
+        # pipeline: `EDGENET_DEVICE_PIXELS`; `providers.run_model_rows` runs both).
         self.device_pixels = False
         self._pixels_session: Any | None = None
         if inputs[0].type == "tensor(float16)":
@@ -196,23 +189,8 @@ class DetectorModel:
         batch = np.asarray(batch)
         if batch.dtype not in (np.uint8, self.input_dtype):
             batch = batch.astype(self.input_dtype)
-
-        def attempt() -> np.ndarray:
-            if batch.dtype == np.uint8:
-                return run_chain_rows(self._pixels(), self.session, "pixels", "tensor",
-                                      self.input_name, self.output_name, batch, self.fixed_batch)
-            return run_rows(self.session, self.input_name, self.output_name, batch,
-                            self.fixed_batch)
-
-        raw = halving_batch_on_oom(self, attempt, "detector")
+        raw = run_model_rows(self, batch, "detector", nchw=True)
         return raw if raw.dtype == np.float32 else raw.astype(np.float32)
-
-    def _pixels(self) -> Any:
-        """The pixel-conversion session, on the detector session's providers (built once)."""
-        if self._pixels_session is None:
-            self._pixels_session = session_like(
-                self.session, unit_float_model_bytes(self.input_dtype == np.float16))
-        return self._pixels_session
 
     @staticmethod
     def postprocess(

@@ -457,6 +457,28 @@ def halving_batch_on_oom(model: Any, attempt: Callable[[], T], role: str) -> T:
                  "the failed first try)")
 
 
+def run_model_rows(model: Any, x: np.ndarray, role: str, nchw: bool) -> np.ndarray:
+    """MODEL's output for the rows of X, what the detector's and the classifier's `infer`
+    both do: X already in the model's input type goes to its session (`run_rows`); uint8
+    pixels go through a second session on the same provider that scales them there
+    (`onnx_writer.unit_float_model_bytes`, NCHW or NHWC; built once, kept on MODEL), the
+    intermediate staying on the device (`run_chain_rows`). Both in runs of
+    `model.fixed_batch` rows when set, halved if the device runs out of memory."""
+    def attempt() -> np.ndarray:
+        if x.dtype != np.uint8:
+            return run_rows(model.session, model.input_name, model.output_name, x,
+                            model.fixed_batch)
+        if model._pixels_session is None:
+            from edgenet.onnx_writer import unit_float_model_bytes
+
+            model._pixels_session = session_like(model.session, unit_float_model_bytes(
+                model.input_dtype == np.float16, nchw=nchw))
+        return run_chain_rows(model._pixels_session, model.session, "pixels", "tensor",
+                              model.input_name, model.output_name, x, model.fixed_batch)
+
+    return halving_batch_on_oom(model, attempt, role)
+
+
 def warm_up_in_background(sess: ort.InferenceSession, rows: int) -> threading.Thread | None:
     """`EDGENET_GPU_WARMUP=1`: on a shape-sensitive provider, run SESS once on zeros of ROWS
     rows on a daemon thread, so the provider's first run at that shape (kernel and algorithm

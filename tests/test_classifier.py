@@ -312,7 +312,10 @@ def test_crop_scaling_graph_is_preprocess_input_bit_for_bit(fp16: bool) -> None:
 
 
 @pytest.mark.parametrize("fp16", [False, True])
-def test_classifier_infers_the_same_from_pixels(tmp_path: Path, fp16: bool) -> None:
+def test_classifier_infers_the_same_from_pixels(tmp_path: Path, fp16: bool,
+                                                monkeypatch) -> None:
+    from edgenet import providers
+
     path = tmp_path / "cls.onnx"
     _tiny_classifier(path, 4, fp16=fp16)
     model = ClassifierModel(path, ["a", "b", "c", "d"], device="cpu", threads=1)
@@ -320,13 +323,13 @@ def test_classifier_infers_the_same_from_pixels(tmp_path: Path, fp16: bool) -> N
     want = model.infer(crops)
     model.device_pixels, model.fixed_batch = True, 2  # and padded to 2 rows, as on a GPU
     calls: list[str] = []
-    real = model._pixels
+    real = providers.run_chain_rows
 
-    def pixels():
+    def pixels(*args):
         calls.append("pixels")
-        return real()
+        return real(*args)
 
-    model._pixels = pixels  # type: ignore[method-assign]
+    monkeypatch.setattr(providers, "run_chain_rows", pixels)
     got = model.infer(crops)
     assert calls and got.dtype == np.float32 and got.tobytes() == want.tobytes()
     # Float input (already scaled) still goes straight to the model.

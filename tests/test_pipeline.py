@@ -160,10 +160,7 @@ def test_device_pixels_give_the_same_json(tiny, baseline, batch_size, overlap, w
         chained.append((role, str(args[4].dtype)))
         return real(first, second, *args)
 
-    monkeypatch.setattr(providers, "run_chain_rows", spy)
-    from edgenet import detector as detector_module
-
-    monkeypatch.setattr(detector_module, "run_chain_rows", spy)
+    monkeypatch.setattr(providers, "run_chain_rows", spy)  # both models run through it
     preds, stats = _run(tiny, batch_size=batch_size, workers=1)
     assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
     want = {"1": {"detector"}, "classifier": {"classifier"},
