@@ -488,6 +488,9 @@ def probe(out: Path, budget_s: float) -> None:
         # entry 23: the classifier's first run (5 s of the 9 s cold start) during the
         # detector's build and first run instead of after them
         ("warmup", {"EDGENET_GPU_WARMUP": "1"}, "fp32", []),
+        # entry 24: sessions built from the mapped copies (the default) against the pack's
+        # single files (the cache off): the row's model_load_s and first_image_s
+        ("no_mapped_copy", {"EDGENET_ORT_CACHE": "0"}, "fp32", []),
         # entry 16: the heap trimmed after the sessions are built (on by default); off here
         ("no_heap_trim", {"EDGENET_TRIM": "0"}, "fp32", []),
         ("crop_batch_32", {}, "fp32", crops32),

@@ -1,4 +1,5 @@
-"""onnxruntime's optimised CPU graphs, cached on disk with their weights in a mapped file.
+"""onnxruntime's optimised CPU graphs, and other providers' graphs, cached on disk with their
+weights in a mapped file.
 
 Why a cache: building a session for the full-size detector spends seconds in graph
 optimisation (constant folding, Conv+activation fusion, NCHWc weight reordering) that gives
@@ -17,8 +18,15 @@ Layout: `$EDGENET_HOME/ort-optimized/<model stem>.<key>/` holding `model.onnx` (
 for pruning). The key covers the model file's identity, the onnxruntime version, the CPU's
 ISA and this layout, so a changed model, a new onnxruntime or another machine sharing the
 cache never reuses a stale graph. An entry is written in a hidden temporary folder and renamed
-into place, so a concurrent start never sees half of one. CPU only: other providers partition
-the graph when the session is built. `EDGENET_ORT_CACHE=0` turns it off.
+into place, so a concurrent start never sees half of one.
+
+Optimised graphs are for the CPU provider alone: other providers partition the graph when the
+session is built. For CUDA, DirectML and OpenVINO an entry holds the model's own graph,
+unoptimised, with its weights moved out byte for byte (`mapped_weights`): onnxruntime still
+optimises it at every build, but maps the weights instead of parsing them (entry 24); its
+key is the model file's identity alone. TensorRT and CoreML read the original file: their own
+parsers consume the graph, such a copy was never measured on them, and TensorRT caches its
+engines anyway. `EDGENET_ORT_CACHE=0` turns both kinds off.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from typing import Any
 
 import onnxruntime as ort
 
+from edgenet import mapped_weights
+from edgenet.pack import FramingError
 from edgenet.providers import cache_dir, cpuinfo_flags_line
 
 GRAPH_NAME = "model.onnx"
@@ -45,6 +55,10 @@ SOURCE_NAME = "source.json"
 # Part of every key: entries of another layout (edgenet <= 0.x wrote one .onnx file) are
 # never read, and prune_optimized_cache removes them.
 LAYOUT = "external-weights-1"
+# The key's layout part for unoptimised copies, which depend on nothing but the model's bytes.
+MAPPED_LAYOUT = "mapped-copy-1"
+# The providers (the first one asked for) whose sessions are built from a mapped copy.
+MAPPED_PROVIDERS = ("CUDAExecutionProvider", "DmlExecutionProvider", "OpenVINOExecutionProvider")
 # Initializers at least this large go to weights.data; smaller ones (shapes, scales) stay in
 # the graph, where parsing them costs nothing.
 _EXTERNAL_MIN_BYTES = 1024
@@ -60,18 +74,57 @@ def _cpu_signature() -> str:
     return f"{platform.machine()}|{platform.processor()}|{cpuinfo_flags_line()}"
 
 
+def _cache_on() -> bool:
+    return os.environ.get("EDGENET_ORT_CACHE", "1") != "0"
+
+
+def _entry_graph(model_path: Path, *key_parts: str) -> Path:
+    """`<cache>/<stem>.<key>/model.onnx` for this model file's identity and KEY_PARTS."""
+    st = model_path.stat()
+    ident = "|".join((f"{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}",
+                      *key_parts))
+    key = hashlib.sha256(ident.encode()).hexdigest()[:24]
+    return cache_folder() / f"{model_path.stem}.{key}" / GRAPH_NAME
+
+
 def optimized_model_path(model_path: Path, providers: Sequence[str]) -> Path | None:
     """The cached optimised graph (`<entry>/model.onnx`) for `model_path` on these providers;
     None when nothing is cached for them (not the CPU alone, or `EDGENET_ORT_CACHE=0`).
     The file may not exist yet."""
-    if os.environ.get("EDGENET_ORT_CACHE", "1") == "0" or list(providers) != [
-            "CPUExecutionProvider"]:
+    if not _cache_on() or list(providers) != ["CPUExecutionProvider"]:
         return None
-    st = model_path.stat()
-    ident = (f"{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|"
-             f"{ort.__version__}|{_cpu_signature()}|{LAYOUT}")
-    key = hashlib.sha256(ident.encode()).hexdigest()[:24]
-    return cache_folder() / f"{model_path.stem}.{key}" / GRAPH_NAME
+    return _entry_graph(model_path, ort.__version__, _cpu_signature(), LAYOUT)
+
+
+def mapped_model_path(model_path: Path, providers: Sequence[str]) -> Path | None:
+    """Where the mapped copy of `model_path` for these providers lives (`<entry>/model.onnx`,
+    maybe not written yet); None when their sessions read the original file (the CPU alone,
+    TensorRT, CoreML, or `EDGENET_ORT_CACHE=0`)."""
+    if not _cache_on() or not providers or providers[0] not in MAPPED_PROVIDERS:
+        return None
+    return _entry_graph(model_path, MAPPED_LAYOUT)
+
+
+def mapped_copy(model_path: Path, providers: Sequence[str]) -> Path | None:
+    """The mapped copy of `model_path` for these providers, written now if missing; None
+    where they read the original file, or the copy cannot be written (no space, a read-only
+    cache, a model that keeps data outside its file): the caller then loads the original."""
+    cached = mapped_model_path(model_path, providers)
+    if cached is None or cached.is_file():
+        return cached
+    folder = _temp_folder(cached.parent)
+    if folder is None:
+        return None
+    try:
+        written = mapped_weights.write_mapped_copy(model_path, folder, GRAPH_NAME, WEIGHTS_NAME,
+                                                   _EXTERNAL_MIN_BYTES)
+    except (OSError, FramingError, ValueError):
+        written = False
+    if not written:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    commit(PendingEntry(model_path=model_path, cached=cached, folder=folder))
+    return cached if cached.is_file() else None
 
 
 def _source_record(model_path: Path) -> dict[str, Any]:
@@ -94,16 +147,23 @@ class PendingEntry:
         return self.folder / GRAPH_NAME
 
 
-def begin_entry(model_path: Path, cached: Path, so: ort.SessionOptions) -> PendingEntry | None:
-    """Ask onnxruntime (through `so`) to save its optimised graph for a new cache entry;
-    None when the cache folder cannot be written (the session is then just not cached)."""
-    entry = cached.parent
+def _temp_folder(entry: Path) -> Path | None:
+    """A fresh hidden folder beside ENTRY to write it in; None where the cache is read-only."""
     # One per process and thread: two threads may build sessions of the same model at once.
     folder = entry.with_name(f".{entry.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
     except OSError:
+        return None
+    return folder
+
+
+def begin_entry(model_path: Path, cached: Path, so: ort.SessionOptions) -> PendingEntry | None:
+    """Ask onnxruntime (through `so`) to save its optimised graph for a new cache entry;
+    None when the cache folder cannot be written (the session is then just not cached)."""
+    folder = _temp_folder(cached.parent)
+    if folder is None:
         return None
     so.optimized_model_filepath = str(folder / GRAPH_NAME)
     # The data file's name is written into the graph relative to it, so the pair can move.
@@ -210,5 +270,5 @@ def prune_optimized_cache(keep: Path | None = None) -> list[Path]:
     return removed
 
 
-__all__ = ["optimized_model_path", "prune_optimized_cache", "begin_entry", "commit",
-           "discard", "remove_entry", "PendingEntry", "cache_folder"]
+__all__ = ["optimized_model_path", "mapped_model_path", "mapped_copy", "prune_optimized_cache",
+           "begin_entry", "commit", "discard", "remove_entry", "PendingEntry", "cache_folder"]

@@ -35,12 +35,15 @@ from typing import Any, NamedTuple
 from edgenet.errors import PackError
 
 __all__ = [
+    "FieldSpan",
+    "FramingError",
     "ModelPack",
     "OnnxIO",
     "PackFiles",
     "TensorInfo",
     "default_pack_dir",
     "edgenet_home",
+    "field_spans",
     "read_labels",
     "read_onnx_io",
 ]
@@ -94,15 +97,15 @@ class OnnxIO(NamedTuple):
     outputs: list[TensorInfo]
 
 
-class _Truncated(Exception):
-    pass
+class FramingError(Exception):
+    """Protobuf framing that runs past the end of its message (a truncated or corrupt file)."""
 
 
 def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= end:
-            raise _Truncated
+            raise FramingError
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -110,31 +113,50 @@ def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
             return result, pos
         shift += 7
         if shift > 70:
-            raise _Truncated
+            raise FramingError
 
 
-def _fields(buf: Any, pos: int, end: int):
-    """Yield (field_number, wire_type, value_or_(start, stop)) for a message in buf[pos:end]."""
+class FieldSpan(NamedTuple):
+    """One protobuf field of a message: where its bytes lie and what it holds."""
+
+    num: int
+    wire: int
+    start: int  # first byte of the field's key
+    value: Any  # the varint (wire 0), (payload start, payload stop) (wire 2), else None
+    end: int  # one past the field's last byte
+
+
+def field_spans(buf: Any, pos: int, end: int):
+    """Yield a FieldSpan for each field of the message in buf[pos:end] (raises on bad framing)."""
     while pos < end:
+        start = pos
         key, pos = _varint(buf, pos, end)
         num, wire = key >> 3, key & 7
+        val: Any = None
         if wire == 0:
             val, pos = _varint(buf, pos, end)
-            yield num, wire, val
         elif wire == 2:
             length, pos = _varint(buf, pos, end)
             if pos + length > end:
-                raise _Truncated
-            yield num, wire, (pos, pos + length)
+                raise FramingError
+            val = (pos, pos + length)
             pos += length
         elif wire == 1:
             pos += 8
         elif wire == 5:
             pos += 4
         else:
-            raise _Truncated
+            raise FramingError
         if pos > end:
-            raise _Truncated
+            raise FramingError
+        yield FieldSpan(num, wire, start, val, pos)
+
+
+def _fields(buf: Any, pos: int, end: int):
+    """Yield (field_number, wire_type, value_or_(start, stop)) for a message in buf[pos:end]."""
+    for f in field_spans(buf, pos, end):
+        if f.wire in (0, 2):
+            yield f.num, f.wire, f.value
 
 
 def _value_info(buf: Any, start: int, stop: int) -> TensorInfo:
@@ -198,7 +220,7 @@ def read_onnx_io(path: str | os.PathLike[str]) -> OnnxIO:
                         if inum == 8 and iwire == 2:
                             initializers.add(bytes(buf[ival[0]:ival[1]]).decode("utf-8",
                                                                                   "replace"))
-    except _Truncated as e:
+    except FramingError as e:
         raise PackError("ONNX file is truncated or corrupt (protobuf framing runs past the end)",
                         path=p, fix="re-download or re-convert the model pack") from e
     except PermissionError as e:

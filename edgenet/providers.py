@@ -344,7 +344,13 @@ def make_session(
     from edgenet import graph_cache
 
     sess = None
-    cached = graph_cache.optimized_model_path(model_path, names)
+    mapped = graph_cache.mapped_copy(model_path, names)
+    if mapped is not None:
+        try:
+            sess = ort.InferenceSession(str(mapped), sess_options=so, providers=providers)
+        except Exception:  # noqa: BLE001 - the copy never stops a run: load the original
+            graph_cache.remove_entry(mapped)
+    cached = None if sess is not None else graph_cache.optimized_model_path(model_path, names)
     if cached is not None and cached.is_file():
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
