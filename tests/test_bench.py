@@ -659,6 +659,21 @@ def test_cold_start_is_the_median_of_runs_that_did_the_work(tmp_path: Path) -> N
     assert 0.2 <= res["cold_start_s"] < walls[0]
 
 
+def test_prime_runs_once_unmeasured_and_leaves_no_output(tmp_path: Path) -> None:
+    """The unmeasured first run before a whole run: its wall time back, its output removed
+    (so the cold starts later still do the work), None when it fails."""
+    out = tmp_path / "prime.json"
+    out.write_text("stale")
+    code = ("import pathlib, sys; out = pathlib.Path(sys.argv[1]); "
+            "assert not out.exists(), 'stale output'; out.write_text('{}'); "
+            "sys.exit(int(sys.argv[2]))")
+    wall = compare_reference.prime(lambda o: [sys.executable, "-c", code, str(o), "0"], out,
+                                   {**os.environ})
+    assert wall is not None and wall > 0 and not out.exists()
+    assert compare_reference.prime(lambda o: [sys.executable, "-c", code, str(o), "4"], out,
+                                   {**os.environ}) is None
+
+
 def test_cold_starts_take_turns(tmp_path: Path) -> None:
     """The tools' one-image runs alternate (A B, B A, A B), so a slow spell of the machine
     does not fall on one tool's cold starts only; each job keeps its own runs and median."""
