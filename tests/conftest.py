@@ -59,3 +59,28 @@ def ref_python() -> Path:
     if python is None:
         pytest.skip("speciesnet reference venv absent (set EDGENET_REFERENCE_PYTHON)")
     return python
+
+
+@pytest.fixture()
+def cache_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """edgenet's on-disk caches on, in a fresh `EDGENET_HOME` (the suite turns them off);
+    returns the cache folder."""
+    monkeypatch.setenv("EDGENET_ORT_CACHE", "1")
+    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
+    return tmp_path / "home" / "ort-optimized"
+
+
+@pytest.fixture()
+def loaded_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The model paths onnxruntime sessions are built from, in order."""
+    import onnxruntime as ort
+
+    seen: list[str] = []
+    real = ort.InferenceSession.__init__
+
+    def spy(self: ort.InferenceSession, path: object, *args: object, **kwargs: object) -> None:
+        seen.append(str(path))
+        real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "__init__", spy)
+    return seen

@@ -22,27 +22,6 @@ def _dense_model(path: Path, scale: float = 1e-3) -> Path:
     return affine_model(path, weight, np.ones(256, dtype=np.float32))
 
 
-@pytest.fixture()
-def cache_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("EDGENET_ORT_CACHE", "1")
-    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
-    return tmp_path / "home" / "ort-optimized"
-
-
-@pytest.fixture()
-def loaded_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The model paths onnxruntime sessions are built from, in order."""
-    seen: list[str] = []
-    real = ort.InferenceSession.__init__
-
-    def spy(self: ort.InferenceSession, path: object, *args: object, **kwargs: object) -> None:
-        seen.append(str(path))
-        real(self, path, *args, **kwargs)
-
-    monkeypatch.setattr(ort.InferenceSession, "__init__", spy)
-    return seen
-
-
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
 

@@ -75,13 +75,6 @@ def test_no_copy_of_a_model_already_external_or_corrupt(tmp_path: Path) -> None:
         _copy(truncated, tmp_path / "cut")
 
 
-@pytest.fixture()
-def cache_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("EDGENET_ORT_CACHE", "1")
-    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
-    return tmp_path / "home" / "ort-optimized"
-
-
 def test_which_providers_get_a_mapped_copy(tmp_path: Path, cache_on: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     model = affine_model(tmp_path / "m.onnx", np.ones((4, 512), np.float32),
@@ -101,19 +94,11 @@ def test_which_providers_get_a_mapped_copy(tmp_path: Path, cache_on: Path,
 
 
 @pytest.fixture()
-def cpu_as_mapped(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def cpu_as_mapped(loaded_paths: list[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The CPU provider treated as one that loads mapped copies (the only provider here);
     returns the paths sessions are built from."""
     monkeypatch.setattr(graph_cache, "MAPPED_PROVIDERS", ("CPUExecutionProvider",))
-    seen: list[str] = []
-    real = ort.InferenceSession.__init__
-
-    def spy(self: ort.InferenceSession, path: object, *args: object, **kwargs: object) -> None:
-        seen.append(str(path))
-        real(self, path, *args, **kwargs)
-
-    monkeypatch.setattr(ort.InferenceSession, "__init__", spy)
-    return seen
+    return loaded_paths
 
 
 def test_make_session_builds_from_the_mapped_copy(tmp_path: Path, cache_on: Path,
