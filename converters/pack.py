@@ -471,6 +471,7 @@ def convert_pack(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     prepare_cpu_sessions(dst, log)
+    prepare_mapped_copies(dst, log)
     return dst
 
 
@@ -504,6 +505,39 @@ def prepare_cpu_sessions(pack: Path, log: LogFn = _quiet) -> int:
             log(f"note: could not prepare the CPU session cache for {name}: {exc}")
     if done:
         log(f"prepared the CPU session cache for {done} model(s)")
+    return done
+
+
+def prepare_mapped_copies(pack: Path, log: LogFn = _quiet) -> int:
+    """Where onnxruntime has CUDA, DirectML or OpenVINO, write the mapped copies their
+    sessions are built from (`graph_cache.mapped_copy`: the graph with its weights in a mapped
+    file; one copy serves all three), for the fp32 models and the fp16 variant, so that the
+    first GPU run does not write them (~1 s for the full-size detector; benchmarks/NOTES.md,
+    entry 24). Nothing where none of those providers is installed: the copies double the
+    pack's size on disk. Never fails a conversion. Returns the number of copies written."""
+    import onnxruntime as ort
+
+    from edgenet.graph_cache import MAPPED_PROVIDERS, mapped_copy, mapped_model_path
+
+    have = [p for p in MAPPED_PROVIDERS if p in ort.get_available_providers()]
+    if not have:
+        return 0
+    info = json.loads((pack / "info.json").read_text(encoding="utf-8"))
+    names = [info["detector"], info["classifier"]]
+    fp16 = (info.get("edgenet", {}).get("variants") or {}).get("fp16")
+    if fp16:
+        names += [fp16["detector"], fp16["classifier"]]
+    done = 0
+    for name in names:
+        try:
+            target = mapped_model_path(pack / name, have[:1])
+            if target is None or target.is_file():
+                continue
+            done += mapped_copy(pack / name, have[:1]) is not None
+        except Exception as exc:  # noqa: BLE001 - a cache is an optimisation only
+            log(f"note: could not write the mapped copy of {name}: {exc}")
+    if done:
+        log(f"wrote the mapped weights for {', '.join(have)} sessions of {done} model(s)")
     return done
 
 

@@ -198,6 +198,33 @@ def test_cpu_session_cache_prepared_once(tiny_pack: Path, tmp_path: Path,
     assert prepare_cpu_sessions(tiny_pack) == 0  # already there
 
 
+@pytest.mark.convert
+def test_mapped_copies_prepared_only_where_a_gpu_provider_is_installed(
+        tiny_pack: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CUDA (or DirectML, OpenVINO) installed, convert_pack also writes the mapped
+    copies those sessions load, for fp32 and fp16; without one, nothing (they cost disk)."""
+    import onnxruntime as ort
+
+    from converters.pack import prepare_mapped_copies
+    from edgenet.graph_cache import mapped_model_path
+
+    monkeypatch.setenv("EDGENET_ORT_CACHE", "1")
+    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert prepare_mapped_copies(tiny_pack) == 0
+    assert not (tmp_path / "home").exists()
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    info = json.loads((tiny_pack / "info.json").read_text())
+    models = [info["detector"], info["classifier"],
+              *info["edgenet"]["variants"]["fp16"].values()]
+    assert prepare_mapped_copies(tiny_pack) == len(models)
+    for name in models:
+        copy = mapped_model_path(tiny_pack / name, ["CUDAExecutionProvider"])
+        assert copy is not None and copy.is_file() and (copy.parent / "weights.data").is_file()
+    assert prepare_mapped_copies(tiny_pack) == 0  # already there
+
+
 def test_conversion_needs_no_yolov5(tiny_pack: Path) -> None:
     """The dev environment has no yolov5 package: the conversion above used our modules."""
     if importlib.util.find_spec("yolov5") is not None:
