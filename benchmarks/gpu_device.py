@@ -491,6 +491,9 @@ def probe(out: Path, budget_s: float) -> None:
         # entry 24: sessions built from the mapped copies (the default) against the pack's
         # single files (the cache off): the row's model_load_s and first_image_s
         ("no_mapped_copy", {"EDGENET_ORT_CACHE": "0"}, "fp32", []),
+        # entry 24: the classifier's 5 s first run looks like cuDNN's per-node algorithm
+        # query (~250 convolutions x ~20 ms); no query at all (a fixed algorithm) instead
+        ("no_search", {"EDGENET_CUDA_OPTIONS": "cudnn_conv_algo_search=DEFAULT"}, "fp32", []),
         # entry 16: the heap trimmed after the sessions are built (on by default); off here
         ("no_heap_trim", {"EDGENET_TRIM": "0"}, "fp32", []),
         ("crop_batch_32", {}, "fp32", crops32),
