@@ -45,7 +45,7 @@ def check_device(device: str, model_path: Path) -> dict:
         from edgenet.providers import make_session
 
         start = time.perf_counter()
-        sess = make_session(model_path, device=device)
+        sess = make_session(model_path, device=device, cache=False)  # a throwaway model
         result["session_s"] = time.perf_counter() - start
         result["providers"] = list(sess.get_providers())
         rng = np.random.default_rng(0)
@@ -63,6 +63,23 @@ def check_device(device: str, model_path: Path) -> dict:
         first_line = (str(err).strip().splitlines() or [""])[0]
         result["error"] = f"{type(err).__name__}: {first_line}"
     return result
+
+
+def _session_cache_line() -> str:
+    """Where the optimised CPU graphs and mapped weights live, and how much they hold."""
+    import os
+
+    from edgenet import graph_cache
+
+    folder = graph_cache.cache_folder()
+    if os.environ.get("EDGENET_ORT_CACHE", "1") == "0":
+        return f"{folder} (off: EDGENET_ORT_CACHE=0)"
+    if not folder.is_dir():
+        return f"{folder} (empty: written by the first run or `edgenet convert pack`)"
+    models = sum(1 for _ in folder.glob(f"*/{graph_cache.SOURCE_NAME}"))
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return (f"{folder} ({models} model(s), {size / 1e6:.0f} MB: optimised CPU graphs and "
+            "mapped weights; safe to delete, rebuilt at the next run)")
 
 
 def _transfer_line() -> str:
@@ -149,6 +166,10 @@ def run_doctor(echo: Callable[[str], None] = print) -> int:
             else:
                 echo(f"check {device}: FAILED ({res.get('error', 'unknown error')})")
     echo("decode workers' results: " + _transfer_line())
+    try:
+        echo("session cache: " + _session_cache_line())
+    except OSError as err:
+        echo(f"session cache: unreadable ({err})")
     try:
         from edgenet.pack import default_pack_dir
 

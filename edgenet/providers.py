@@ -296,11 +296,13 @@ def make_session(
     threads: int | None = None,
     precision: str = "fp32",
     cpu_arena: bool = False,
+    cache: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session on `device`, tuned, or an `EdgenetError` saying why not.
 
     Full graph optimisation, `threads` intra-op threads when given, errors-only logging;
     onnxruntime's CPU memory arena only with `cpu_arena` (`EDGENET_CPU_MEM_ARENA=0/1` wins).
+    `cache=False` neither reads nor writes `graph_cache` entries (a throwaway model's).
     When an explicitly requested accelerator fails to load (onnxruntime would silently
     fall back to the CPU), this raises instead: a user who asked for a GPU must know.
     """
@@ -344,13 +346,14 @@ def make_session(
     from edgenet import graph_cache
 
     sess = None
-    mapped = graph_cache.mapped_copy(model_path, names)
+    mapped = graph_cache.mapped_copy(model_path, names) if cache else None
     if mapped is not None:
         try:
             sess = ort.InferenceSession(str(mapped), sess_options=so, providers=providers)
         except Exception:  # noqa: BLE001 - the copy never stops a run: load the original
             graph_cache.remove_entry(mapped)
-    cached = None if sess is not None else graph_cache.optimized_model_path(model_path, names)
+    cached = (graph_cache.optimized_model_path(model_path, names)
+              if sess is None and cache else None)
     if cached is not None and cached.is_file():
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:

@@ -273,6 +273,25 @@ def test_doctor_never_crashes(capsys, monkeypatch) -> None:
     assert code == 0 and "through the pipe (EDGENET_DECODE_TRANSFER=pipe)" in out
 
 
+def test_doctor_reports_the_session_cache(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("EDGENET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EDGENET_ORT_CACHE", "1")
+    _, out, _ = _main(capsys, "doctor")
+    folder = tmp_path / "home" / "ort-optimized"
+    # the doctor's own checks build a throwaway model's sessions: nothing cached for it
+    assert f"session cache: {folder} (empty: " in out
+    assert not folder.exists()
+    entry = folder / "m.0123"
+    entry.mkdir(parents=True, exist_ok=True)
+    (entry / "source.json").write_text("{}")
+    (entry / "weights.data").write_bytes(b"\0" * 3_000_000)
+    _, out, _ = _main(capsys, "doctor")
+    assert f"session cache: {folder} (1 model(s), 3 MB: " in out
+    monkeypatch.setenv("EDGENET_ORT_CACHE", "0")
+    _, out, _ = _main(capsys, "doctor")
+    assert f"session cache: {folder} (off: EDGENET_ORT_CACHE=0)" in out
+
+
 def test_demo_runs_or_explains(capsys, tmp_path, monkeypatch) -> None:
     from edgenet import demo
 
