@@ -409,7 +409,8 @@ def bench(out: Path, budget_s: float) -> None:
     # (NVIDIA_TF32_OVERRIDE=0), so each computes in fp32 as on the CPU; entry 7 found 11/14
     # images differing with TF32 on.
     if "fidelity14" in BENCH_STEPS and t_end - time.monotonic() > 70:
-        _sh([*common, "--work", str(work / "cmp14"), "--images", str(small), "--no-cold"],
+        _sh([*common, "--work", str(work / "cmp14"), "--images", str(small), "--no-cold",
+             "--no-prime"],  # agreement only: no timing to protect
             {**env, "NVIDIA_TF32_OVERRIDE": "0"}, max(60, t_end - time.monotonic() - 40))
         _collect(work / "cmp14", ("compare.json",), out, "compare14_notf32")
     # 3. Per-stage times on the big set (each cell a fresh process).
