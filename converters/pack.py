@@ -475,6 +475,16 @@ def convert_pack(
     return dst
 
 
+def _pack_models(pack: Path, variant_wanted: Callable[[str], bool]) -> list[str]:
+    """PACK's fp32 model files, then those of each precision variant VARIANT_WANTED keeps."""
+    info = json.loads((pack / "info.json").read_text(encoding="utf-8"))
+    names = [info["detector"], info["classifier"]]
+    for variant, files in (info.get("edgenet", {}).get("variants") or {}).items():
+        if variant_wanted(variant):
+            names += [files["detector"], files["classifier"]]
+    return names
+
+
 def prepare_cpu_sessions(pack: Path, log: LogFn = _quiet) -> int:
     """Build each CPU model of PACK once, so onnxruntime's optimised graph is cached now.
 
@@ -487,11 +497,8 @@ def prepare_cpu_sessions(pack: Path, log: LogFn = _quiet) -> int:
     from edgenet.graph_cache import optimized_model_path
     from edgenet.providers import make_session
 
-    info = json.loads((pack / "info.json").read_text(encoding="utf-8"))
-    names = [info["detector"], info["classifier"]]
-    for variant, files in (info.get("edgenet", {}).get("variants") or {}).items():
-        if variant != "fp16":  # fp16 graphs are for GPUs; on a CPU they run through casts
-            names += [files["detector"], files["classifier"]]
+    # fp16 graphs are for GPUs; on a CPU they run through casts
+    names = _pack_models(pack, lambda variant: variant != "fp16")
     done = 0
     for name in names:
         path = pack / name
@@ -522,11 +529,7 @@ def prepare_mapped_copies(pack: Path, log: LogFn = _quiet) -> int:
     have = [p for p in MAPPED_PROVIDERS if p in ort.get_available_providers()]
     if not have:
         return 0
-    info = json.loads((pack / "info.json").read_text(encoding="utf-8"))
-    names = [info["detector"], info["classifier"]]
-    fp16 = (info.get("edgenet", {}).get("variants") or {}).get("fp16")
-    if fp16:
-        names += [fp16["detector"], fp16["classifier"]]
+    names = _pack_models(pack, lambda variant: variant == "fp16")
     done = 0
     for name in names:
         try:
