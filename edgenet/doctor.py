@@ -67,12 +67,10 @@ def check_device(device: str, model_path: Path) -> dict:
 
 def _session_cache_line() -> str:
     """Where the optimised CPU graphs and mapped weights live, and how much they hold."""
-    import os
-
     from edgenet import graph_cache
 
     folder = graph_cache.cache_folder()
-    if os.environ.get("EDGENET_ORT_CACHE", "1") == "0":
+    if not graph_cache.cache_on():
         return f"{folder} (off: EDGENET_ORT_CACHE=0)"
     if not folder.is_dir():
         return f"{folder} (empty: written by the first run or `edgenet convert pack`)"

@@ -74,7 +74,8 @@ def _cpu_signature() -> str:
     return f"{platform.machine()}|{platform.processor()}|{cpuinfo_flags_line()}"
 
 
-def _cache_on() -> bool:
+def cache_on() -> bool:
+    """False under `EDGENET_ORT_CACHE=0`: no entry of either kind is read or written."""
     return os.environ.get("EDGENET_ORT_CACHE", "1") != "0"
 
 
@@ -91,7 +92,7 @@ def optimized_model_path(model_path: Path, providers: Sequence[str]) -> Path | N
     """The cached optimised graph (`<entry>/model.onnx`) for `model_path` on these providers;
     None when nothing is cached for them (not the CPU alone, or `EDGENET_ORT_CACHE=0`).
     The file may not exist yet."""
-    if not _cache_on() or list(providers) != ["CPUExecutionProvider"]:
+    if not cache_on() or list(providers) != ["CPUExecutionProvider"]:
         return None
     return _entry_graph(model_path, ort.__version__, _cpu_signature(), LAYOUT)
 
@@ -100,7 +101,7 @@ def mapped_model_path(model_path: Path, providers: Sequence[str]) -> Path | None
     """Where the mapped copy of `model_path` for these providers lives (`<entry>/model.onnx`,
     maybe not written yet); None when their sessions read the original file (the CPU alone,
     TensorRT, CoreML, or `EDGENET_ORT_CACHE=0`)."""
-    if not _cache_on() or not providers or providers[0] not in MAPPED_PROVIDERS:
+    if not cache_on() or not providers or providers[0] not in MAPPED_PROVIDERS:
         return None
     return _entry_graph(model_path, MAPPED_LAYOUT)
 
@@ -270,5 +271,6 @@ def prune_optimized_cache(keep: Path | None = None) -> list[Path]:
     return removed
 
 
-__all__ = ["optimized_model_path", "mapped_model_path", "mapped_copy", "prune_optimized_cache",
-           "begin_entry", "commit", "discard", "remove_entry", "PendingEntry", "cache_folder"]
+__all__ = ["cache_on", "optimized_model_path", "mapped_model_path", "mapped_copy",
+           "prune_optimized_cache", "begin_entry", "commit", "discard", "remove_entry",
+           "PendingEntry", "cache_folder"]
