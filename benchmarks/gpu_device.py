@@ -78,6 +78,9 @@ BENCH_STEPS = set(os.environ.get("EDGENET_GPU_BENCH_STEPS", "speed,fidelity14,st
 # run per set is the cold start's largest part on a GPU: entry 23, the classifier's 5 s)
 ALONE_VARIANTS = os.environ.get("EDGENET_GPU_ALONE_VARIANTS",
                                 "default,nhwc,no_search,exhaustive,graph")
+# ... and which of the pack's model files (gpu_probe.py --only: a part of the file name; all by
+# default), e.g. `always_crop_synth_full.onnx` for the fp32 classifier alone
+ALONE_ONLY = os.environ.get("EDGENET_GPU_ALONE_ONLY", "")
 
 
 # ------------------------------------------------------------------------------ here
@@ -461,7 +464,7 @@ def probe(out: Path, budget_s: float) -> None:
     # 2. Each model alone under CUDA option variants.
     if "alone" in PROBE_STEPS:
         _sh([sys.executable, str(REPO / "benchmarks" / "gpu_probe.py"), str(pack), "--batches",
-             "8", "--variants", ALONE_VARIANTS, "--uint8-detector",
+             "8", "--variants", ALONE_VARIANTS, "--uint8-detector", "--only", ALONE_ONLY,
              "--json", str(out / "probe.json")],
             env, max(30, (t_end - time.monotonic()) * 0.5))
     # 3. Whole runs with the option sets the probe is about, most wanted first; each one's
@@ -469,6 +472,9 @@ def probe(out: Path, budget_s: float) -> None:
     crops32 = ["--classifier-batch-size", "32"]  # entry 12: 32 crops per classifier batch
     runs: list[tuple[str, dict[str, str], str, list[str]]] = [
         ("default", {}, "fp32", []),
+        # entry 25: the classifier's runs replayed as a CUDA graph (one launch instead of
+        # several hundred kernels per 8-crop batch; edgenet/cuda_graph.py)
+        ("cuda_graph", {"EDGENET_CUDA_GRAPH": "1"}, "fp32", []),
         # entry 20: the detector's calls take ~3x their time alone inside the pipeline; with
         # no classifier on the GPU beside it, do they still? (wall only; no classifications)
         ("detector_only", {}, "fp32", ["--detector-only"]),
@@ -509,6 +515,7 @@ def probe(out: Path, budget_s: float) -> None:
         # threshold gives them back (CPU proxy: main process -20% RSS, +20% time on 2 cores)
         ("malloc_mmap_1M", {"MALLOC_MMAP_THRESHOLD_": "1048576"}, "fp32", []),
         ("default", {}, "fp16", []), ("crop_batch_32", {}, "fp16", crops32),
+        ("cuda_graph", {"EDGENET_CUDA_GRAPH": "1"}, "fp16", []),
         ("device_pixels", {"EDGENET_DEVICE_PIXELS": "1"}, "fp16", []),
         # fp16 was slower than fp32 in the pipeline (entries 9, 20): its float16 casts run on
         # the CPU, on the threads that set the rate (entry 23); on the device instead?

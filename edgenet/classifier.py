@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -536,6 +536,12 @@ class ClassifierModel:
         # pipeline: `EDGENET_DEVICE_PIXELS`; `providers.run_model_rows` runs both).
         self.device_pixels = False
         self._pixels_session: Any | None = None
+        # `EDGENET_CUDA_GRAPH=1` (set by `components`): fixed-size runs at one pair of bound
+        # buffers, replayed as a CUDA graph on CUDA (`edgenet.cuda_graph`); `plain_session`
+        # builds the session it falls back to.
+        self.fixed_binding = False
+        self._fixed_runner: Any | None = None
+        self.plain_session: Callable[[], Any] | None = None
         inp = session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32

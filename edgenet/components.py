@@ -102,13 +102,27 @@ def load_components(config: PipelineConfig) -> Components:
         detector_path = _attr(files, "detector")
         comps.detector_name = Path(detector_path).name if detector_path else None
     classifier_session = None
+    from edgenet import cuda_graph
     from edgenet.providers import make_session, warm_up_in_background
 
-    def open_session(role: str) -> Any:
+    # `EDGENET_CUDA_GRAPH=1`: the classifier's session captures CUDA graphs (edgenet/
+    # cuda_graph.py); such a session takes no warm-up run (it would capture the warm-up's
+    # buffers), and a plain one is built where onnxruntime refuses the capture or, later,
+    # where the graph runs fail.
+    graph = {"wanted": cuda_graph.wanted()}
+
+    def open_session(role: str, plain: bool = False) -> Any:
         # The CPU arena only at batch 1 (providers.make_session says why).
         rows = config.batch_size if role == "detector" else classifier_batch(config)
-        sess = make_session(_attr(files, role), config.device, config.threads,
-                            config.precision, rows == 1)
+        args = (_attr(files, role), config.device, config.threads, config.precision, rows == 1)
+        if graph["wanted"] and role == "classifier" and not plain:
+            try:
+                return make_session(*args, cuda_graph=True)
+            except EdgenetError as err:
+                _warn(f"EDGENET_CUDA_GRAPH: no graph capture for the classifier ({err}); "
+                      "it runs as without the switch")
+                graph["wanted"] = False
+        sess = make_session(*args)
         if role == "classifier":  # its first run comes last and costs most (entry 23)
             warm_up_in_background(sess, rows)
         return sess
@@ -160,6 +174,9 @@ def load_components(config: PipelineConfig) -> Components:
             target_species_txt=config.target_species_txt,
             session=session,
         )
+        if graph["wanted"]:
+            comps.classifier.fixed_binding = True
+            comps.classifier.plain_session = lambda: open_session("classifier", plain=True)
     if (need_detector and config.detector is None) or (
             need_classifier and config.classifier is None):
         # Sessions were built here: give back the weights' pre-optimisation copies (heap.py).

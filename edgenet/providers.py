@@ -170,6 +170,15 @@ def cuda_option_overrides() -> dict[str, str]:
                 f"EDGENET_CUDA_OPTIONS: {item!r} is not key=value",
                 fix="write it as e.g. EDGENET_CUDA_OPTIONS=prefer_nhwc=1,use_tf32=0",
             )
+        if key.strip() == "enable_cuda_graph" and value.strip() != "0":
+            # A graph replays the device addresses of the run it captured, while the
+            # pipeline binds new buffers for every run: silently wrong outputs.
+            raise EdgenetError(
+                "EDGENET_CUDA_OPTIONS cannot turn on enable_cuda_graph: the pipeline binds "
+                "new buffers for every run, which a captured graph would not read",
+                fix="use EDGENET_CUDA_GRAPH=1 (the classifier's runs at fixed buffers, "
+                    "edgenet/cuda_graph.py)",
+            )
         options[key.strip()] = value.strip()
     return options
 
@@ -297,12 +306,15 @@ def make_session(
     precision: str = "fp32",
     cpu_arena: bool = False,
     cache: bool = True,
+    cuda_graph: bool = False,
 ) -> ort.InferenceSession:
     """An onnxruntime session on `device`, tuned, or an `EdgenetError` saying why not.
 
     Full graph optimisation, `threads` intra-op threads when given, errors-only logging;
     onnxruntime's CPU memory arena only with `cpu_arena` (`EDGENET_CPU_MEM_ARENA=0/1` wins).
     `cache=False` neither reads nor writes `graph_cache` entries (a throwaway model's).
+    `cuda_graph=True` turns on CUDA graph capture where CUDA runs first (`edgenet.cuda_graph`:
+    such a session must only be run through its `FixedBindingRunner`).
     When an explicitly requested accelerator fails to load (onnxruntime would silently
     fall back to the CPU), this raises instead: a user who asked for a GPU must know.
     """
@@ -315,6 +327,10 @@ def make_session(
         )
     dev = _check_device(device)
     providers = resolve_providers(dev, precision)
+    if cuda_graph:
+        from edgenet.cuda_graph import graph_options
+
+        providers = graph_options(providers)
     names = [name for name, _ in providers]
     if threads is not None and threads < 1:
         raise EdgenetError(f"threads must be >= 1, got {threads}", fix="pass --threads 1 or more")
@@ -351,7 +367,8 @@ def make_session(
         try:
             sess = ort.InferenceSession(str(mapped), sess_options=so, providers=providers)
         except Exception:  # noqa: BLE001 - the copy never stops a run: load the original
-            graph_cache.remove_entry(mapped)
+            if not cuda_graph:  # else the capture may be what was refused, not the copy
+                graph_cache.remove_entry(mapped)
     cached = (graph_cache.optimized_model_path(model_path, names)
               if sess is None and cache else None)
     if cached is not None and cached.is_file():
@@ -475,6 +492,9 @@ def run_model_rows(model: Any, x: np.ndarray, role: str, nchw: bool) -> np.ndarr
     `model.fixed_batch` rows when set, halved if the device runs out of memory."""
     def attempt() -> np.ndarray:
         if x.dtype != np.uint8:
+            fixed = _run_fixed_binding(model, x)
+            if fixed is not None:
+                return fixed
             return run_rows(model.session, model.input_name, model.output_name, x,
                             model.fixed_batch)
         if model._pixels_session is None:
@@ -486,6 +506,24 @@ def run_model_rows(model: Any, x: np.ndarray, role: str, nchw: bool) -> np.ndarr
                               model.input_name, model.output_name, x, model.fixed_batch)
 
     return halving_batch_on_oom(model, attempt, role)
+
+
+def _run_fixed_binding(model: Any, x: np.ndarray) -> np.ndarray | None:
+    """X through MODEL's fixed-binding runner (`EDGENET_CUDA_GRAPH=1`, `cuda_graph`), or None
+    where MODEL does not run that way. An out-of-memory error goes to the batch halving; any
+    other ends the mode for MODEL (`cuda_graph.give_up`) and returns None: plain runs follow."""
+    from edgenet import cuda_graph
+
+    runner = cuda_graph.runner_for(model, x)
+    if runner is None:
+        return None
+    try:
+        return run_fixed_batches(runner.run, x, model.fixed_batch)
+    except Exception as err:
+        if is_out_of_memory(err):
+            raise
+        cuda_graph.give_up(model, err)
+        return None
 
 
 def warm_up_in_background(sess: ort.InferenceSession, rows: int) -> threading.Thread | None:

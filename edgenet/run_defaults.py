@@ -50,8 +50,16 @@ def _set_device_pixels(comps: Any) -> None:
         chosen = ()
     for role in ("detector", "classifier"):
         model = getattr(comps, role, None)
-        if model is not None and hasattr(model, "device_pixels"):
-            model.device_pixels = role in chosen
+        if model is None or not hasattr(model, "device_pixels"):
+            continue
+        if role in chosen and getattr(model, "fixed_binding", False):
+            # Its session may capture CUDA graphs, which only the fixed binding may run.
+            from edgenet.errors import warn
+
+            warn("EDGENET_DEVICE_PIXELS: not for the classifier with EDGENET_CUDA_GRAPH=1 "
+                 "(its runs keep one input buffer); its crops are scaled on the CPU")
+            chosen = tuple(r for r in chosen if r != role)
+        model.device_pixels = role in chosen
 
 
 def default_batch_size(accelerated: bool) -> int:

@@ -652,3 +652,71 @@ def test_gpu_warm_up_gives_the_same_json(tiny, baseline, monkeypatch) -> None:
     preds, _ = _run(tiny, batch_size=3, workers=1)
     assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
     assert started == [3]
+
+
+def test_cuda_graph_switch_gives_the_same_json(tiny, baseline, monkeypatch) -> None:
+    # EDGENET_CUDA_GRAPH=1 with batches fixed as on a GPU: the classifier's session is asked
+    # for graph capture (only CUDA acts on it), takes no warm-up run even when one is asked
+    # for, and runs through one pair of bound buffers; the predictions do not change.
+    from edgenet import cuda_graph, providers
+
+    monkeypatch.setenv("EDGENET_CUDA_GRAPH", "1")
+    monkeypatch.setenv("EDGENET_FIXED_BATCH", "1")
+    monkeypatch.setenv("EDGENET_GPU_WARMUP", "1")
+    monkeypatch.setattr(providers, "is_shape_sensitive", lambda _sess: True)
+    asked: list[tuple[str, bool]] = []
+    real_make = providers.make_session
+
+    def make(path, *args, cuda_graph=False, **kw):
+        asked.append((Path(path).name, cuda_graph))
+        return real_make(path, *args, cuda_graph=cuda_graph, **kw)
+
+    warmed: list[int] = []
+    real_warm = providers.warm_up_in_background
+    monkeypatch.setattr(providers, "make_session", make)
+    monkeypatch.setattr(providers, "warm_up_in_background",
+                        lambda sess, rows: warmed.append(rows) or real_warm(sess, rows))
+    shapes: list[tuple[int, ...]] = []
+    real_run = cuda_graph.FixedBindingRunner.run
+
+    def run(self, batch):
+        shapes.append(batch.shape)
+        return real_run(self, batch)
+
+    monkeypatch.setattr(cuda_graph.FixedBindingRunner, "run", run)
+    preds, stats = _run(tiny, batch_size=3, workers=1)
+    assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
+    assert dict(asked) == {"detector.onnx": False, "classifier.onnx": True}
+    assert warmed == []
+    assert shapes and len(set(shapes)) == 1 and shapes[0][0] == 3
+    assert len(shapes) == stats["counts"]["classifier_batches"]
+
+
+def test_cuda_graph_refused_runs_as_without_the_switch(tiny, baseline, monkeypatch,
+                                                       capsys) -> None:
+    # onnxruntime refuses a capture when a node of the model would run on the CPU: the
+    # classifier then gets a plain session (and its warm-up, when asked for), with a warning.
+    from edgenet import cuda_graph, providers
+    from edgenet.errors import PackError
+
+    monkeypatch.setenv("EDGENET_CUDA_GRAPH", "1")
+    monkeypatch.setenv("EDGENET_FIXED_BATCH", "1")
+    monkeypatch.setenv("EDGENET_GPU_WARMUP", "1")
+    monkeypatch.setattr(providers, "is_shape_sensitive", lambda _sess: True)
+    real_make = providers.make_session
+
+    def make(path, *args, cuda_graph=False, **kw):
+        if cuda_graph:
+            raise PackError("onnxruntime cannot load this model: graph capture refused")
+        return real_make(path, *args, **kw)
+
+    warmed: list[int] = []
+    real_warm = providers.warm_up_in_background
+    monkeypatch.setattr(providers, "make_session", make)
+    monkeypatch.setattr(providers, "warm_up_in_background",
+                        lambda sess, rows: warmed.append(rows) or real_warm(sess, rows))
+    monkeypatch.setattr(cuda_graph.FixedBindingRunner, "run", None)  # must not be reached
+    preds, _ = _run(tiny, batch_size=3, workers=1)
+    assert P.dumps_predictions(preds) == P.dumps_predictions(baseline)
+    assert warmed == [3]
+    assert "no graph capture for the classifier" in capsys.readouterr().err
