@@ -78,8 +78,8 @@ BENCH_STEPS = set(os.environ.get("EDGENET_GPU_BENCH_STEPS", "speed,fidelity14,st
 # run per set is the cold start's largest part on a GPU: entry 23, the classifier's 5 s)
 ALONE_VARIANTS = os.environ.get("EDGENET_GPU_ALONE_VARIANTS",
                                 "default,nhwc,no_search,exhaustive,graph")
-# ... and which of the pack's model files (gpu_probe.py --only: a part of the file name; all by
-# default), e.g. `always_crop_synth_full.onnx` for the fp32 classifier alone
+# ... and which of the pack's model files (gpu_probe.py --only: parts of file names, comma-
+# separated; all by default), e.g. `always_crop_synth_full.onnx` for the fp32 classifier alone
 ALONE_ONLY = os.environ.get("EDGENET_GPU_ALONE_ONLY", "")
 
 

@@ -50,6 +50,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "nhwc_exhaustive": {"prefer_nhwc": "1", "cudnn_conv_algo_search": "EXHAUSTIVE"},
     "tf32_off": {"use_tf32": "0"},
     "graph": {"enable_cuda_graph": "1"},
+    "graph_nhwc": {"enable_cuda_graph": "1", "prefer_nhwc": "1"},
 }
 
 
@@ -130,7 +131,8 @@ def division_exactness(cuda: bool) -> dict[str, Any]:
 def probe_model(path: Path, batch: int, variant: str, cuda: bool,
                 repeats: int) -> dict[str, Any]:
     row: dict[str, Any] = {"model": path.name, "batch": batch, "variant": variant}
-    if variant == "graph" and path.name.startswith("md_"):
+    graph = VARIANTS[variant].get("enable_cuda_graph") == "1"
+    if graph and path.name.startswith("md_"):
         # a graph replays fixed buffers; the detector's output size follows its input's
         row["error"] = "skipped: the detector's output shape follows the letterbox shape"
         return row
@@ -146,9 +148,9 @@ def probe_model(path: Path, batch: int, variant: str, cuda: bool,
         x = input_array(sess, batch)
         name = sess.get_inputs()[0].name
         row["input_shape"] = list(x.shape)
-        if variant != "graph":  # a graph session runs only through its binding
+        if not graph:  # a graph session runs only through its binding
             row["numpy_io"] = timed(lambda: sess.run(None, {name: x}), repeats)
-        if cuda and variant == "graph":
+        if cuda and graph:
             # what `EDGENET_CUDA_GRAPH=1` runs: one bound pair of device buffers; the first
             # runs capture, then `device_io` is a replay and `graph_runner` adds both copies
             from edgenet.cuda_graph import FixedBindingRunner
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pack", type=Path)
     p.add_argument("--batches", default="8")
     p.add_argument("--variants", default="default,nhwc,exhaustive,graph")
-    p.add_argument("--only", default="", help="models whose file name contains this")
+    p.add_argument("--only", default="",
+                   help="models whose file name contains this (or one of these, comma-separated)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--uint8-detector", action="store_true",
@@ -204,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     batches = [int(b) for b in a.batches.split(",")]
-    models = sorted(m for m in a.pack.glob("*.onnx") if a.only in m.name)
+    wanted = [w for w in a.only.split(",") if w] or [""]
+    models = sorted(m for m in a.pack.glob("*.onnx") if any(w in m.name for w in wanted))
     print(f"onnxruntime {ort.__version__}, {'CUDA' if cuda else 'CPU only'}; "
           "times in ms: min/median (first run)", flush=True)
     exact: dict[str, Any] = {}

@@ -58,6 +58,7 @@ from edgenet.constants import (
     FULL_IMAGE_MAX_CROP_SIZE,
 )
 from edgenet.errors import EdgenetError, InputError
+from edgenet.unit_scale import unit_float16
 
 __all__ = [
     "ClassifierModel",
@@ -352,14 +353,17 @@ def select_detections_for_classification(
     return indices
 
 
-def preprocess_input(batch: np.ndarray) -> np.ndarray:
-    """Model input NHWC float32 from uint8 crops, as the reference (float64 /255.0, float32)."""
+def preprocess_input(batch: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """Model input NHWC float32 from uint8 crops, as the reference (float64 /255.0, float32);
+    DTYPE float16: those values rounded to float16 (fp16 packs)."""
     arr = np.asarray(batch)
+    if arr.dtype == np.uint8 and dtype == np.float16:
+        return unit_float16(arr)  # 1.8x cheaper than float32 then astype (unit_scale.py)
     if arr.dtype == np.uint8:
         # float32 division equals the reference's float64 division rounded to float32 for
         # every uint8 value (tests/test_classifier.py) and costs less than a table lookup.
-        return np.divide(arr, _F32(255.0), dtype=np.float32)
-    return arr.astype(np.float32, copy=False)
+        arr = np.divide(arr, _F32(255.0), dtype=np.float32)
+    return arr.astype(dtype, copy=False)
 
 
 def _softmax32(logits: np.ndarray) -> np.ndarray:
@@ -568,9 +572,7 @@ class ClassifierModel:
         if arr.shape[0] == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         if not (self.device_pixels and arr.dtype == np.uint8):  # else scaled on the device
-            arr = preprocess_input(arr)
-            if arr.dtype != self.input_dtype:
-                arr = arr.astype(self.input_dtype)
+            arr = preprocess_input(arr, self.input_dtype)
         logits = np.asarray(run_model_rows(self, arr, "classifier", nchw=False),
                             dtype=np.float32)
         if logits.ndim != 2 or logits.shape[1] != len(self.labels):

@@ -151,7 +151,8 @@ def run(
     classifier_batch_size: Annotated[
         int | None,
         typer.Option(help="Crops per classifier batch (default: --batch-size). Predictions "
-                          "are the same at any size."),
+                          "are the same at any size on the CPU; on a GPU with TF32 (NVIDIA's "
+                          "default) scores can differ slightly with the size."),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Decode worker processes (0: decode in-process).")

@@ -27,9 +27,10 @@ from edgenet.letterbox import (  # noqa: F401 - re-exported: edgenet.detector AP
 )
 from edgenet.nms import md_bboxes_from_nms, non_max_suppression
 from edgenet.providers import make_session, run_model_rows
+from edgenet.unit_scale import unit_float16
 
-# float32(x / 255) computed in double first, as the reference does (`arr / 255` on a uint8
-# array is float64; `.float()` rounds afterwards). A table is exact and faster than division.
+# float32(x / 255) as the reference computes it in double (`arr / 255` on a uint8 array is
+# float64; `.float()` rounds afterwards): float32 division is correctly rounded, so equal.
 _F255 = np.float32(255)
 
 _DETECTION_CATEGORIES = ("1", "2", "3")  # what speciesnet's Detection.from_category accepts
@@ -61,15 +62,24 @@ def stack_pixels(letterboxed: Sequence[np.ndarray], rows: int | None = None) -> 
     return out
 
 
-def to_tensor(letterboxed: Sequence[np.ndarray], rows: int | None = None) -> np.ndarray:
-    """Equal-shaped letterboxed HWC uint8 images -> NCHW float32 in [0, 1], as the reference.
+def to_tensor(letterboxed: Sequence[np.ndarray], rows: int | None = None,
+              dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """Equal-shaped letterboxed HWC uint8 images -> NCHW float32 in [0, 1], as the reference
+    (DTYPE float16: those values rounded to float16, for fp16 packs).
 
     ROWS (>= the number of images): the batch is that many rows, the extra ones zero, which is
     what a fixed-size batch needs (`providers.run_fixed_batches` then pads nothing)."""
     arrays = _checked_images(letterboxed)
     h, w, _ = arrays[0].shape
-    out = np.empty((max(len(arrays), rows or 0), 3, h, w), dtype=np.float32)
+    out = np.empty((max(len(arrays), rows or 0), 3, h, w), dtype=dtype)
     out[len(arrays):] = 0.0
+    if out.dtype == np.float16:  # a table of the 256 values, per channel (unit_scale.py)
+        for i, a in enumerate(arrays):
+            for c in range(3):
+                unit_float16(a[:, :, c], out[i, c])
+        return out
+    if out.dtype != np.float32:
+        raise ValueError(f"to_tensor writes float32 or float16, not {out.dtype}")
     for i, a in enumerate(arrays):
         # float32 division of the integer values is correctly rounded, hence bit-equal to the
         # reference's float64 `/ 255` rounded to float32 (all 256 values checked in
@@ -173,15 +183,15 @@ class DetectorModel:
         return letterbox(np.asarray(img))
 
     def to_tensor(self, letterboxed: Sequence[np.ndarray]) -> np.ndarray:
-        """Equal-shaped letterboxed images -> the model's input batch: NCHW float32 (module
-        `to_tensor`), or NHWC uint8 pixels when `device_pixels` is set. With `fixed_batch`,
-        a partial batch comes out at that size with zero rows (built in place: no padded copy
-        later); callers read the first len(letterboxed) rows of the output."""
+        """Equal-shaped letterboxed images -> the model's input batch: NCHW in the model's
+        input type (module `to_tensor`), or NHWC uint8 pixels when `device_pixels` is set.
+        With `fixed_batch`, a partial batch comes out at that size with zero rows (built in
+        place: no padded copy later); callers read the first len(letterboxed) rows."""
         rows = self.fixed_batch if self.fixed_batch and len(letterboxed) < self.fixed_batch \
             else None
         if self.device_pixels:
             return stack_pixels(letterboxed, rows)
-        return to_tensor(letterboxed, rows)
+        return to_tensor(letterboxed, rows, self.input_dtype)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Raw predictions (N, rows, 5 + classes) as float32 for an NCHW float batch or, from
