@@ -108,18 +108,26 @@ class FixedBindingRunner:
 
 def runner_for(model: Any, x: np.ndarray) -> FixedBindingRunner | None:
     """MODEL's fixed-binding runner for rows like X's, built on first use; None when MODEL does
-    not run that way (the switch off, batches not fixed, input not in the model's type)."""
-    if not getattr(model, "fixed_binding", False) or not model.fixed_batch:
+    not run that way (the switch off, batches not fixed, input not in the model's type). A
+    session that captures graphs is never left to a plain run: where its runner cannot take X,
+    the mode ends for MODEL (`give_up`) and it gets a plain session first."""
+    if not getattr(model, "fixed_binding", False):
         return None
-    if x.dtype != model.input_dtype or x.ndim < 2:
-        return None
+    why_not = None
+    if not model.fixed_batch:
+        why_not = "its batches are not of one size (one crop a batch, or EDGENET_FIXED_BATCH=0)"
+    elif x.dtype != model.input_dtype or x.ndim < 2:
+        why_not = f"its input came as {x.dtype}, not {np.dtype(model.input_dtype)}"
     runner = model._fixed_runner
-    if runner is not None and runner.shape == (model.fixed_batch, *x.shape[1:]):
+    if why_not is None and runner is not None and runner.shape == (model.fixed_batch,
+                                                                   *x.shape[1:]):
         return runner
-    if runner is not None and captures(model.session):
-        # A captured graph keeps the old buffers: a new shape (the batch halved after an
-        # out-of-memory error) needs a session of its own.
-        give_up(model, "the batch shape changed after the capture")
+    if captures(model.session) and (why_not is not None or runner is not None):
+        # A captured graph keeps its buffers: a new shape (the batch halved after an
+        # out-of-memory error) or another binding needs a session of its own.
+        give_up(model, why_not or "the batch shape changed after the capture")
+        return None
+    if why_not is not None:
         return None
     model._fixed_runner = FixedBindingRunner(
         model.session, model.input_name, model.output_name, model.fixed_batch,

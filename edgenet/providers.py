@@ -491,10 +491,10 @@ def run_model_rows(model: Any, x: np.ndarray, role: str, nchw: bool) -> np.ndarr
     intermediate staying on the device (`run_chain_rows`). Both in runs of
     `model.fixed_batch` rows when set, halved if the device runs out of memory."""
     def attempt() -> np.ndarray:
+        fixed = _run_fixed_binding(model, x)
+        if fixed is not None:
+            return fixed
         if x.dtype != np.uint8:
-            fixed = _run_fixed_binding(model, x)
-            if fixed is not None:
-                return fixed
             return run_rows(model.session, model.input_name, model.output_name, x,
                             model.fixed_batch)
         if model._pixels_session is None:

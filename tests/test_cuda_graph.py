@@ -156,3 +156,25 @@ def test_no_device_pixels_for_a_fixed_binding_classifier(monkeypatch, capsys) ->
     _set_device_pixels(comps)
     assert comps.detector.device_pixels and not comps.classifier.device_pixels
     assert "EDGENET_CUDA_GRAPH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["no_fixed_batch", "uint8_input"])
+def test_a_capturing_session_is_never_run_plain(tmp_path, monkeypatch, capsys, case) -> None:
+    # Batches of no fixed size, or uint8 crops for the device-side scaling: the runner cannot
+    # take them, so a session that captures gives way to a plain one before any run.
+    model = _model(tmp_path)
+    crops = _crops(3)
+    want = model.infer(crops)
+    plain = model.session
+    rebuilt: list[bool] = []
+    model.plain_session = lambda: rebuilt.append(True) or plain
+    model.fixed_binding = True
+    if case == "no_fixed_batch":
+        model.fixed_batch = None
+    else:
+        model.fixed_batch, model.device_pixels = 2, True
+    monkeypatch.setattr(cuda_graph, "captures", lambda sess: sess is plain and not rebuilt)
+    got = model.infer(crops)
+    assert got.tobytes() == want.tobytes()
+    assert rebuilt == [True] and not model.fixed_binding
+    assert "EDGENET_CUDA_GRAPH" in capsys.readouterr().err
