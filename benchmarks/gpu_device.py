@@ -501,6 +501,13 @@ def probe(out: Path, budget_s: float) -> None:
         # entry 24: the classifier's 5 s first run looks like cuDNN's per-node algorithm
         # query (~250 convolutions x ~20 ms); no query at all (a fixed algorithm) instead
         ("no_search", {"EDGENET_CUDA_OPTIONS": "cudnn_conv_algo_search=DEFAULT"}, "fp32", []),
+        # entry 27: 9.2 GB of GPU memory at the defaults (the reference: 2.4 GB), more than a
+        # Jetson or a laptop GPU has; how much is onnxruntime's arena rounding its growth up
+        # to powers of two, and how much cuDNN's workspaces?
+        ("arena_same", {"EDGENET_CUDA_OPTIONS": "arena_extend_strategy=kSameAsRequested"},
+         "fp32", []),
+        ("small_workspace", {"EDGENET_CUDA_OPTIONS": "cudnn_conv_use_max_workspace=0"},
+         "fp32", []),
         # entry 16: the heap trimmed after the sessions are built (on by default); off here
         ("no_heap_trim", {"EDGENET_TRIM": "0"}, "fp32", []),
         ("crop_batch_32", {}, "fp32", crops32),
