@@ -14,9 +14,12 @@ What a graph needs, and why only the classifier: a replay reads and writes the d
 addresses of the run it captured, so input and output must stay at fixed addresses: one input
 and one output buffer per session, allocated once at the batch shape and bound once
 (`FixedBindingRunner`); each run copies the batch into the input (`OrtValue.update_inplace`),
-replays, and copies the output back. So every run must have one shape: the classifier's do on a
-GPU (`fixed_batch`, 8 crops padded); the detector's follow the letterbox shape (four in the
-test set), which would need a graph and a pair of buffers each. A session built with the option
+replays, and copies the output back (`update_inplace` holds the GIL while it copies, as
+`bind_cpu_input` does). So every run must have one shape: the classifier's do on a GPU
+(`fixed_batch`, 8 crops padded); the detector's follow the letterbox shape (four in the test
+set), which would need a graph and a pair of buffers each (onnxruntime's `gpu_graph_id` run
+option keeps several graphs per session; not built until the classifier's is measured). A
+session built with the option
 must never be run through any other binding: a run with other buffers after the capture
 replays the captured ones (the reason `EDGENET_CUDA_OPTIONS` refuses `enable_cuda_graph`).
 Hence no background warm-up run in this mode (`components`), and when a graph run fails the
