@@ -136,7 +136,8 @@ def write_parts(files: list[tuple[str, bytes]], parts_dir: Path, part_bytes: int
     """FILES (name, bytes), in order, as one stream cut into `parts_dir/callK/part` files of
     PART_BYTES with a manifest each (offset, size and sha256 of every file); returns K."""
     stream = b"".join(data for _, data in files)
-    manifest, offset = [], 0
+    manifest: list[dict[str, object]] = []
+    offset = 0
     for name, data in files:
         manifest.append({"name": name, "offset": offset, "size": len(data),
                          "sha256": hashlib.sha256(data).hexdigest()})
@@ -150,7 +151,7 @@ def write_parts(files: list[tuple[str, bytes]], parts_dir: Path, part_bytes: int
         (d / "manifest.json").write_text(json.dumps(
             {"part": k + 1, "parts": parts, "part_bytes": part_bytes, "files": manifest}))
     print(f"{len(stream) / 1e6:.1f} MB in {parts} parts: " + ", ".join(
-        f"{m['name']} {m['size'] / 1e6:.1f} MB" for m in manifest))
+        f"{name} {len(data) / 1e6:.1f} MB" for name, data in files))
     return parts
 
 
