@@ -109,19 +109,20 @@ def load_components(config: PipelineConfig) -> Components:
     # cuda_graph.py); such a session takes no warm-up run (it would capture the warm-up's
     # buffers), and a plain one is built where onnxruntime refuses the capture or, later,
     # where the graph runs fail.
-    graph = {"wanted": cuda_graph.wanted()}
+    graph_wanted = cuda_graph.wanted()
 
     def open_session(role: str, plain: bool = False) -> Any:
+        nonlocal graph_wanted
         # The CPU arena only at batch 1 (providers.make_session says why).
         rows = config.batch_size if role == "detector" else classifier_batch(config)
         args = (_attr(files, role), config.device, config.threads, config.precision, rows == 1)
-        if graph["wanted"] and role == "classifier" and not plain:
+        if graph_wanted and role == "classifier" and not plain:
             try:
                 return make_session(*args, cuda_graph=True)
             except EdgenetError as err:
                 _warn(f"EDGENET_CUDA_GRAPH: no graph capture for the classifier ({err}); "
                       "it runs as without the switch")
-                graph["wanted"] = False
+                graph_wanted = False
         sess = make_session(*args)
         if role == "classifier":  # its first run comes last and costs most (entry 23)
             warm_up_in_background(sess, rows)
@@ -174,7 +175,7 @@ def load_components(config: PipelineConfig) -> Components:
             target_species_txt=config.target_species_txt,
             session=session,
         )
-        if graph["wanted"]:
+        if graph_wanted:
             comps.classifier.fixed_binding = True
             comps.classifier.plain_session = lambda: open_session("classifier", plain=True)
     if (need_detector and config.detector is None) or (

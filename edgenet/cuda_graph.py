@@ -86,10 +86,11 @@ class FixedBindingRunner:
         outputs = {o.name: o for o in sess.get_outputs()}
         self.input_dtype = _NUMPY_TYPES[inputs[input_name].type]
         output_dtype = _NUMPY_TYPES[outputs[output_name].type]
+        from edgenet.providers import _device_id
+
         on_cuda = sess.get_providers()[0] == CUDA_PROVIDER
         device = "cuda" if on_cuda else "cpu"
-        device_id = int(sess.get_provider_options().get(CUDA_PROVIDER, {})
-                        .get("device_id", 0) or 0) if on_cuda else 0
+        device_id = _device_id(sess) if on_cuda else 0
         new = ort.OrtValue.ortvalue_from_shape_and_type
         self.input = new(list(self.shape), self.input_dtype, device, device_id)
         self.output = new([rows, output_width], output_dtype, device, device_id)
